@@ -1,1 +1,162 @@
-//! stub
+//! AMR Bridge gateway: the stateless WebSocket edge.
+//!
+//! It owns WebSocket termination, parsing and validation of client messages, the
+//! connection's registered device and current session (a cache of what the session service
+//! decided), forwarding sensor data straight to NATS, pings, and draining on shutdown.
+//!
+//! It must never decide anything about sessions (the session service does), never touch Redis,
+//! never make a per-message round trip on the sensor-data path, and never keep anything that
+//! must survive the process.
+
+pub mod config;
+pub mod connection;
+pub mod forward;
+pub mod http;
+pub mod listener;
+pub mod registry;
+pub mod session_client;
+pub mod streams;
+
+use amr_proto::subjects::Subjects;
+use config::Config;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use tokio::sync::watch;
+
+/// What every connection task shares.
+pub struct Shared {
+    pub config: Config,
+    pub subjects: Subjects,
+    pub gateway_id: String,
+    pub nats: async_nats::Client,
+    pub sessions: session_client::SessionClient,
+    pub forwarder: forward::Forwarder,
+    pub registry: Arc<registry::Registry>,
+    /// Becomes true on SIGTERM: connections close with 1012.
+    pub drain: watch::Receiver<bool>,
+    pub draining: AtomicBool,
+}
+
+impl Shared {
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+}
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Connects to NATS and runs the gateway until SIGTERM/SIGINT, then drains.
+pub async fn run(config: Config) -> Result<(), BoxError> {
+    let gateway_id = config
+        .gateway_id
+        .clone()
+        .unwrap_or_else(|| format!("gw-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]));
+    let subjects = Subjects::new(config.subject_prefix.clone());
+    let metrics = http::install_metrics()?;
+    let nats = connect_nats(&config, &gateway_id).await?;
+    streams::ensure_sensor_stream(&nats, &config, &subjects).await;
+
+    let (drain_tx, drain_rx) = watch::channel(false);
+    let registry = Arc::new(registry::Registry::default());
+    let shared = Arc::new(Shared {
+        sessions: session_client::SessionClient::new(
+            nats.clone(),
+            subjects.clone(),
+            config.request_timeout,
+        ),
+        forwarder: forward::Forwarder::new(nats.clone(), subjects.clone(), gateway_id.clone()),
+        config: config.clone(),
+        subjects: subjects.clone(),
+        gateway_id: gateway_id.clone(),
+        nats: nats.clone(),
+        registry: registry.clone(),
+        drain: drain_rx,
+        draining: AtomicBool::new(false),
+    });
+
+    tokio::spawn({
+        let (nats, subjects, gateway_id) = (nats.clone(), subjects.clone(), gateway_id.clone());
+        async move {
+            if let Err(e) = registry::dispatch(nats, subjects, gateway_id, registry).await {
+                tracing::error!(error = %e, "cannot subscribe to connection events");
+            }
+        }
+    });
+
+    let http_listener = tokio::net::TcpListener::bind(config.http_listen).await?;
+    tokio::spawn(http::serve(http_listener, shared.clone(), metrics));
+    let ws_listener = tokio::net::TcpListener::bind(config.ws_listen).await?;
+    tracing::info!(gateway = %gateway_id, ws = %config.ws_listen, path = %config.ws_path, http = %config.http_listen, "gateway ready");
+    let accept = tokio::spawn(listener::accept_loop(ws_listener, shared.clone()));
+
+    shutdown_signal().await;
+    tracing::info!("draining: refusing new connections, closing existing ones with 1012");
+    shared.draining.store(true, Ordering::Relaxed);
+    accept.abort();
+    let _ = drain_tx.send(true);
+    let deadline = tokio::time::Instant::now() + config.drain_timeout;
+    while !shared.registry.is_empty() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    if let Err(e) = nats.flush().await {
+        tracing::warn!(error = %e, "flush on exit failed");
+    }
+    tracing::info!(left = shared.registry.len(), "gateway stopped");
+    Ok(())
+}
+
+async fn connect_nats(config: &Config, gateway_id: &str) -> Result<async_nats::Client, BoxError> {
+    let options = async_nats::ConnectOptions::new()
+        .name(format!("amr-gateway {gateway_id}"))
+        .retry_on_initial_connect()
+        .max_reconnects(None)
+        .request_timeout(Some(config.request_timeout))
+        .event_callback(|event| async move {
+            match event {
+                async_nats::Event::Connected => {
+                    metrics::gauge!("amr_gateway_nats_connected").set(1.0);
+                    tracing::info!("NATS connected");
+                }
+                async_nats::Event::Disconnected => {
+                    metrics::gauge!("amr_gateway_nats_connected").set(0.0);
+                    tracing::warn!("NATS disconnected");
+                }
+                other => tracing::info!(event = %other, "NATS event"),
+            }
+        });
+    Ok(options.connect(config.nats_url.as_str()).await?)
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}
+
+/// Initialises logging: human-readable by default, JSON lines with `AMR_LOG_FORMAT=json`,
+/// level by `RUST_LOG` (default `info`).
+pub fn init_logging(format: config::LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match format {
+        config::LogFormat::Json => builder.json().init(),
+        config::LogFormat::Text => builder.init(),
+    }
+}

@@ -3,10 +3,13 @@
 //! [`crate::subjects::Subjects::connection`]). Never seen by clients or downstream.
 //!
 //! Data counts: a gateway connection counts the samples it accepts for a session and reports
-//! the not-yet-reported part (`delta`) in batches ([`ActivityRequest`]), with its end or
-//! disconnect request, or in its answer to a [`ConnEvent::Revoke`]. The session service
-//! revokes the owning connection before it ends a session on anyone else's behalf, so the
-//! final dataCount always includes every accepted sample.
+//! its CUMULATIVE count (`accepted`: every sample this connection accepted for that session,
+//! not a delta) in batches ([`ActivityRequest`]), with its end or disconnect request, and in
+//! its answer to a [`ConnEvent::Revoke`]. The store keeps, per (session, owner connection),
+//! the MAXIMUM reported `accepted`, and dataCount = the sum of those maxima. Reports are
+//! therefore idempotent: they may be repeated, reordered or race with an end without a sample
+//! being lost or counted twice. The session service revokes the owning connection before it
+//! ends a session on anyone else's behalf, so the final dataCount includes every accepted sample.
 
 use crate::codes::ErrorCode;
 use crate::events::SessionEndedEvent;
@@ -45,12 +48,13 @@ impl ServiceError {
     }
 }
 
-/// Samples a connection accepted for a session and has not reported yet.
+/// Samples one connection accepted for one session, cumulative (see the module docs).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct CountReport {
     pub session_id: String,
-    pub delta: u64,
+    /// Cumulative samples accepted by the reporting connection for this session.
+    pub accepted: u64,
 }
 
 /// `<p>.internal.session.start`
@@ -67,7 +71,7 @@ pub struct StartRequest {
     /// issuing a new one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub adopt_session_id: Option<String>,
-    /// The requester's own current session with its unreported samples: ended as `replaced`
+    /// The requester's own current session with its cumulative count: ended as `replaced`
     /// without a revoke round trip.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub current: Option<CountReport>,
@@ -92,7 +96,7 @@ pub struct EndRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub session_id: Option<String>,
     pub owner: String,
-    /// Unreported samples of the requesting connection, for the session it names.
+    /// Cumulative count of the requesting connection, for the session it names.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub count: Option<CountReport>,
 }
@@ -116,7 +120,7 @@ pub struct ClaimRequest {
 pub struct ClaimOk {
     pub session_id: String,
     pub started_at: i64,
-    /// Samples counted so far: the base of the new owner's running count.
+    /// Samples counted so far (all owners): the base of the new owner's running count.
     pub data_count: u64,
 }
 
@@ -127,7 +131,8 @@ pub struct DisconnectRequest {
     pub device_id: String,
     pub session_id: String,
     pub owner: String,
-    pub delta: u64,
+    /// Cumulative samples this connection accepted for the session.
+    pub accepted: u64,
     /// The gateway closed this connection itself while draining (longer grace applies).
     #[serde(default)]
     pub drained: bool,
@@ -170,8 +175,8 @@ pub struct ActivityOk {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum ConnEvent {
-    /// Stop accepting data for this session now and answer [`RevokeReply`] with the samples
-    /// not reported yet. Sent as a request.
+    /// Stop accepting data for this session now and answer [`RevokeReply`] with the
+    /// connection's cumulative count for it (0 if it never used it). Sent as a request.
     #[serde(rename_all = "camelCase")]
     Revoke { session_id: String },
     /// The session ended on someone else's behalf (replaced, idle): tell the client.
@@ -182,7 +187,8 @@ pub enum ConnEvent {
 #[serde(rename_all = "camelCase")]
 pub struct RevokeReply {
     pub session_id: String,
-    pub delta: u64,
+    /// Cumulative samples the revoked connection accepted for the session.
+    pub accepted: u64,
 }
 
 #[cfg(test)]

@@ -1,0 +1,110 @@
+//! Gateway configuration: every option is a flag and an `AMR_*` environment variable.
+
+use clap::Parser;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// Parses `30m`, `2s`, `500ms`, `7d` (humantime).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("invalid duration '{s}': {e}"))
+}
+
+fn parse_prefix(s: &str) -> Result<String, String> {
+    if amr_proto::subjects::is_valid_prefix(s) {
+        Ok(s.to_owned())
+    } else {
+        Err(format!(
+            "invalid subject prefix '{s}': dot-separated tokens of [A-Za-z0-9_-]"
+        ))
+    }
+}
+
+fn parse_gateway_id(s: &str) -> Result<String, String> {
+    if amr_proto::ids::is_valid_device_id(s) {
+        Ok(s.to_owned())
+    } else {
+        Err(format!(
+            "invalid gateway id '{s}': 1-64 characters of [A-Za-z0-9_-]"
+        ))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum StorageKind {
+    File,
+    Memory,
+}
+
+/// AMR Bridge WebSocket gateway.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "amr-gateway", version, about)]
+pub struct Config {
+    /// NATS server URL(s), comma-separated.
+    #[arg(long, env = "AMR_NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    pub nats_url: String,
+    /// Address the WebSocket listener binds.
+    #[arg(long, env = "AMR_WS_LISTEN", default_value = "0.0.0.0:8080")]
+    pub ws_listen: SocketAddr,
+    /// HTTP path of the WebSocket endpoint.
+    #[arg(long, env = "AMR_WS_PATH", default_value = "/ws")]
+    pub ws_path: String,
+    /// Address of the HTTP side endpoints (/healthz, /readyz, /metrics).
+    #[arg(long, env = "AMR_HTTP_LISTEN", default_value = "0.0.0.0:9090")]
+    pub http_listen: SocketAddr,
+    /// Prefix of every NATS subject.
+    #[arg(long, env = "AMR_SUBJECT_PREFIX", default_value = "amr", value_parser = parse_prefix)]
+    pub subject_prefix: String,
+    /// This replica's id (in `Amr-Gateway` headers and internal subjects); random when unset.
+    #[arg(long, env = "AMR_GATEWAY_ID", value_parser = parse_gateway_id)]
+    pub gateway_id: Option<String>,
+    /// Largest accepted client message, in bytes (fragments reassembled).
+    #[arg(long, env = "AMR_MAX_FRAME_BYTES", default_value_t = 65536)]
+    pub max_frame_bytes: usize,
+    /// Session idle timeout (must match the session service's); activity reports scale with it.
+    #[arg(long, env = "AMR_SESSION_IDLE_TIMEOUT", default_value = "30m", value_parser = parse_duration)]
+    pub session_idle_timeout: Duration,
+    /// Bound on every session operation, retries included; then SERVICE_UNAVAILABLE.
+    #[arg(long, env = "AMR_REQUEST_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
+    pub request_timeout: Duration,
+    /// Interval of WebSocket pings to each client.
+    #[arg(long, env = "AMR_PING_INTERVAL", default_value = "20s", value_parser = parse_duration)]
+    pub ping_interval: Duration,
+    /// A client silent for this long is gone (abnormal end).
+    #[arg(long, env = "AMR_PEER_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub peer_timeout: Duration,
+    /// On SIGTERM: how long connections get to close before the process exits.
+    #[arg(long, env = "AMR_DRAIN_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub drain_timeout: Duration,
+    /// Retention (max age) of the AMR_SENSOR stream when the gateway creates it.
+    #[arg(long, env = "AMR_SENSOR_MAX_AGE", default_value = "7d", value_parser = parse_duration)]
+    pub sensor_max_age: Duration,
+    /// Size bound of the AMR_SENSOR stream in bytes (-1: unlimited).
+    #[arg(long, env = "AMR_SENSOR_MAX_BYTES", default_value_t = -1, allow_negative_numbers = true)]
+    pub sensor_max_bytes: i64,
+    /// Replicas of the AMR_SENSOR stream (1 on a single NATS server, 3 on a cluster).
+    #[arg(long, env = "AMR_SENSOR_REPLICAS", default_value_t = 1)]
+    pub sensor_replicas: usize,
+    /// Storage of the AMR_SENSOR stream.
+    #[arg(long, env = "AMR_SENSOR_STORAGE", value_enum, default_value = "file")]
+    pub sensor_storage: StorageKind,
+    /// JetStream de-duplication window of the AMR_SENSOR stream.
+    #[arg(long, env = "AMR_SENSOR_DUPLICATE_WINDOW", default_value = "2m", value_parser = parse_duration)]
+    pub sensor_duplicate_window: Duration,
+    /// Log format (level by RUST_LOG).
+    #[arg(long, env = "AMR_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+impl Config {
+    /// How often a connection reports its sample counts: a quarter of the idle timeout, so a
+    /// session with data flowing is never ended for idleness, at most every 5 s.
+    pub fn activity_interval(&self) -> Duration {
+        (self.session_idle_timeout / 4).clamp(Duration::from_millis(50), Duration::from_secs(5))
+    }
+}

@@ -1,0 +1,923 @@
+//! One client connection: an actor that owns the WebSocket, the registered device, the current
+//! session (a cache of what the session service decided) and the connection's sample counts.
+//!
+//! Everything that touches a connection's state runs on this one task: client frames, events
+//! pushed by the session service (revocations, ends), pings and activity reports. While a
+//! session operation is in flight the task stops reading the socket but keeps serving pushed
+//! events, so two connections replacing each other's sessions can never wait on each other.
+
+use crate::forward::{Stamp, TraceIds};
+use crate::registry::Control;
+use crate::Shared;
+use amr_proto::client::{self, ClientMessage, SensorMessage};
+use amr_proto::internal::{
+    ActivityRequest, ClaimRequest, ConnEvent, CountReport, DisconnectRequest, EndRequest,
+    RevokeReply, ServiceError, StartRequest,
+};
+use amr_proto::server::{
+    DeviceRegistered, ErrorMessage, Pong, ServerMessage, SessionCreated, SessionEnded,
+};
+use amr_proto::{ids, now_ms, ErrorCode};
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use std::collections::VecDeque;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio::time::{Instant, MissedTickBehavior};
+use tokio_tungstenite::tungstenite::error::CapacityError;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::WebSocketStream;
+
+pub type Ws = WebSocketStream<TcpStream>;
+
+/// Sessions remembered after the connection stopped holding them: enough to answer late
+/// revocations with the right count and to refuse data for ended sessions without a round trip.
+const RECENT_SESSIONS: usize = 16;
+/// Refusals of sensor data are coalesced to one error per this period (with a `count`).
+const COALESCE_PERIOD: Duration = Duration::from_secs(1);
+
+/// The session this connection currently sends data into.
+struct Current {
+    id: String,
+    /// Samples this connection accepted for the session (cumulative, never reset).
+    accepted: u64,
+    /// `accepted` as last reported to the session service.
+    reported: u64,
+    /// Session-wide count when this connection took the session (for `Amr-Data-Count`).
+    base: u64,
+    /// `accepted` when this connection took the session.
+    accepted_at_take: u64,
+    /// Legacy provisional id, not known to the session service until the first data.
+    provisional: bool,
+    /// False after a revocation: the next message must claim the session again.
+    held: bool,
+    trace: TraceIds,
+}
+
+impl Current {
+    fn new(id: String, provisional: bool) -> Self {
+        Current {
+            id,
+            accepted: 0,
+            reported: 0,
+            base: 0,
+            accepted_at_take: 0,
+            provisional,
+            held: !provisional,
+            trace: TraceIds::new(),
+        }
+    }
+
+    fn data_count(&self) -> u64 {
+        self.base + (self.accepted - self.accepted_at_take)
+    }
+}
+
+struct Recent {
+    id: String,
+    accepted: u64,
+    ended: bool,
+}
+
+/// A refusal being coalesced.
+struct Coalesce {
+    code: ErrorCode,
+    session_id: Option<String>,
+    ref_type: &'static str,
+    window_start: Instant,
+    suppressed: u64,
+}
+
+/// Why the read loop stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Exit {
+    /// The client closed, the socket broke, or the peer went silent.
+    Gone,
+    /// The gateway is draining and closed the connection with 1012.
+    Drained,
+}
+
+pub struct Connection {
+    shared: Arc<Shared>,
+    conn_id: String,
+    owner: String,
+    device: Option<String>,
+    current: Option<Current>,
+    recent: VecDeque<Recent>,
+    coalesce: Option<Coalesce>,
+    last_seen: Instant,
+}
+
+enum Flow {
+    Continue,
+    Close,
+}
+
+impl Connection {
+    pub fn new(shared: Arc<Shared>, conn_id: String) -> Self {
+        let owner = shared.subjects.connection(&shared.gateway_id, &conn_id);
+        Connection {
+            shared,
+            conn_id,
+            owner,
+            device: None,
+            current: None,
+            recent: VecDeque::new(),
+            coalesce: None,
+            last_seen: Instant::now(),
+        }
+    }
+
+    /// Runs the connection to its end, then reports a held session as disconnected.
+    pub async fn run(mut self, mut ws: Ws, mut ctrl: mpsc::Receiver<Control>) {
+        let exit = self.read_loop(&mut ws, &mut ctrl).await;
+        self.finish(exit, &mut ctrl).await;
+        self.shared.registry.remove(&self.conn_id);
+    }
+
+    async fn read_loop(&mut self, ws: &mut Ws, ctrl: &mut mpsc::Receiver<Control>) -> Exit {
+        let config = self.shared.config.clone();
+        let mut ping = tokio::time::interval(config.ping_interval);
+        ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        ping.tick().await;
+        let mut activity = tokio::time::interval(config.activity_interval());
+        activity.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut drain = self.shared.drain.clone();
+        if *drain.borrow() {
+            close(ws, CloseCode::Restart, "gateway draining").await;
+            return Exit::Drained;
+        }
+        loop {
+            let coalesce_due = self
+                .coalesce
+                .as_ref()
+                .filter(|c| c.suppressed > 0)
+                .map(|c| c.window_start + COALESCE_PERIOD);
+            tokio::select! {
+                biased;
+                Ok(()) = drain.changed() => {
+                    close(ws, CloseCode::Restart, "gateway restarting").await;
+                    return Exit::Drained;
+                }
+                Some(control) = ctrl.recv() => self.on_control(Some(ws), control).await,
+                frame = ws.next() => {
+                    self.last_seen = Instant::now();
+                    match frame {
+                        Some(Ok(msg)) => {
+                            if let Flow::Close = self.on_frame(ws, ctrl, msg).await {
+                                return Exit::Gone;
+                            }
+                        }
+                        Some(Err(WsError::Capacity(CapacityError::MessageTooLong { size, max_size }))) => {
+                            metrics::counter!("amr_gateway_connections_closed_total", "cause" => "too_large").increment(1);
+                            let mut e = ErrorMessage::new(
+                                ErrorCode::MessageTooLarge,
+                                format!("message of {size} bytes exceeds the limit of {max_size} bytes"),
+                            );
+                            e.device_id = self.device.clone();
+                            self.send(ws, ServerMessage::Error(e)).await;
+                            close(ws, CloseCode::Size, "message too large").await;
+                            return Exit::Gone;
+                        }
+                        Some(Err(e)) => {
+                            tracing::debug!(conn = %self.conn_id, error = %e, "websocket error");
+                            return Exit::Gone;
+                        }
+                        None => return Exit::Gone,
+                    }
+                }
+                _ = ping.tick() => {
+                    if self.last_seen.elapsed() > config.peer_timeout {
+                        tracing::info!(conn = %self.conn_id, device = ?self.device, "peer silent; closing");
+                        metrics::counter!("amr_gateway_connections_closed_total", "cause" => "silent").increment(1);
+                        close(ws, CloseCode::Away, "peer timeout").await;
+                        return Exit::Gone;
+                    }
+                    if ws.send(Message::Ping(Bytes::new())).await.is_err() {
+                        return Exit::Gone;
+                    }
+                }
+                _ = activity.tick() => self.report_activity(),
+                _ = sleep_until_opt(coalesce_due) => self.flush_coalesced(ws).await,
+            }
+        }
+    }
+
+    async fn on_frame(
+        &mut self,
+        ws: &mut Ws,
+        ctrl: &mut mpsc::Receiver<Control>,
+        msg: Message,
+    ) -> Flow {
+        match msg {
+            Message::Text(text) => {
+                let raw: Bytes = text.clone().into();
+                self.on_text(ws, ctrl, text.as_str(), raw).await;
+                Flow::Continue
+            }
+            Message::Binary(_) => {
+                self.count_in("binary");
+                self.send_error(
+                    ws,
+                    ErrorMessage::new(
+                        ErrorCode::InvalidMessage,
+                        "binary frames are not accepted: send one JSON object per text frame",
+                    ),
+                )
+                .await;
+                Flow::Continue
+            }
+            Message::Close(_) => Flow::Close,
+            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => Flow::Continue,
+        }
+    }
+
+    async fn on_text(
+        &mut self,
+        ws: &mut Ws,
+        ctrl: &mut mpsc::Receiver<Control>,
+        text: &str,
+        raw: Bytes,
+    ) {
+        let msg = match client::parse(text) {
+            Ok(m) => m,
+            Err(e) => {
+                self.count_in("invalid");
+                let mut out = ErrorMessage::new(e.code, e.message);
+                out.ref_type = e.ref_type;
+                out.device_id = e.device_id.or_else(|| self.device.clone());
+                out.request_id = e.request_id;
+                self.send_error(ws, out).await;
+                return;
+            }
+        };
+        self.count_in(msg.wire_type());
+        match msg {
+            ClientMessage::Ping => {
+                let pong = ServerMessage::Pong(Pong {
+                    timestamp: now_ms(),
+                });
+                self.send(ws, pong).await;
+            }
+            ClientMessage::DeviceRegister {
+                device_id,
+                client_version,
+                ..
+            } => {
+                self.on_register(ws, &device_id, client_version.as_deref())
+                    .await
+            }
+            ClientMessage::SessionStart {
+                device_id,
+                request_id,
+            } => {
+                let Some(device) = self
+                    .require_device(ws, device_id.as_deref(), client::types::SESSION_START)
+                    .await
+                else {
+                    return;
+                };
+                self.on_start(ws, ctrl, device, request_id.map(|r| r.into_owned()))
+                    .await
+            }
+            ClientMessage::SessionEnd {
+                device_id,
+                session_id,
+            } => {
+                let Some(device) = self
+                    .require_device(ws, device_id.as_deref(), client::types::SESSION_END)
+                    .await
+                else {
+                    return;
+                };
+                self.on_end(ws, ctrl, device, session_id.map(|s| s.into_owned()))
+                    .await
+            }
+            ClientMessage::Sensor(sensor) => {
+                let Some(device) = self
+                    .require_device(ws, sensor.device_id.as_deref(), sensor.kind.wire_type())
+                    .await
+                else {
+                    return;
+                };
+                self.on_sensor(ws, ctrl, device, sensor, raw).await
+            }
+        }
+    }
+
+    async fn on_register(&mut self, ws: &mut Ws, device_id: &str, client_version: Option<&str>) {
+        match &self.device {
+            Some(bound) if bound != device_id => {
+                let mut e = ErrorMessage::new(
+                    ErrorCode::DeviceMismatch,
+                    format!("this connection is registered as '{bound}'"),
+                );
+                e.device_id = Some(device_id.to_owned());
+                e.ref_type = Some(client::types::DEVICE_REGISTER.to_owned());
+                self.send_error(ws, e).await;
+                return;
+            }
+            Some(_) => {}
+            None => {
+                self.device = Some(device_id.to_owned());
+                let session_aware = client_version.is_some_and(ids::is_session_aware_version);
+                if !session_aware {
+                    // v1.0 clients expect a session per connection: a provisional id that
+                    // only becomes a session when data arrives (no phantom sessions).
+                    self.current = Some(Current::new(ids::new_session_id(), true));
+                }
+                tracing::debug!(conn = %self.conn_id, device = device_id, session_aware, "registered");
+            }
+        }
+        // A repeated register is answered again; a legacy client sees its session id again.
+        let session_id = self
+            .current
+            .as_ref()
+            .filter(|_| !client_version.is_some_and(ids::is_session_aware_version))
+            .map(|c| c.id.clone());
+        let reply = ServerMessage::DeviceRegistered(DeviceRegistered {
+            device_id: device_id.to_owned(),
+            timestamp: now_ms(),
+            session_id,
+        });
+        self.send(ws, reply).await;
+    }
+
+    /// The connection's device, if the message may act for it (NOT_REGISTERED /
+    /// DEVICE_MISMATCH otherwise, already answered).
+    async fn require_device(
+        &mut self,
+        ws: &mut Ws,
+        claimed: Option<&str>,
+        ref_type: &'static str,
+    ) -> Option<String> {
+        let error = match (&self.device, claimed) {
+            (None, _) => ErrorMessage::new(
+                ErrorCode::NotRegistered,
+                "send device_register before any session or data message",
+            ),
+            (Some(bound), Some(other)) if bound != other => ErrorMessage::new(
+                ErrorCode::DeviceMismatch,
+                format!("this connection is registered as '{bound}'"),
+            ),
+            (Some(bound), _) => return Some(bound.clone()),
+        };
+        let mut error = error;
+        error.device_id = claimed.map(str::to_owned);
+        error.ref_type = Some(ref_type.to_owned());
+        if ref_type == client::types::SENSOR_DATA || ref_type == client::types::SENSOR_BATCH {
+            error.message.push_str("; the message was not forwarded");
+        }
+        self.send_error(ws, error).await;
+        None
+    }
+
+    async fn on_start(
+        &mut self,
+        ws: &mut Ws,
+        ctrl: &mut mpsc::Receiver<Control>,
+        device: String,
+        client_request_id: Option<String>,
+    ) {
+        let current = self
+            .current
+            .as_ref()
+            .filter(|c| !c.provisional)
+            .map(|c| CountReport {
+                session_id: c.id.clone(),
+                accepted: c.accepted,
+            });
+        let req = StartRequest {
+            device_id: device.clone(),
+            request_id: client_request_id
+                .clone()
+                .unwrap_or_else(ids::new_request_id),
+            owner: self.owner.clone(),
+            gateway_id: self.shared.gateway_id.clone(),
+            adopt_session_id: None,
+            current,
+        };
+        let sessions = self.shared.sessions.clone();
+        let result = self
+            .await_op(Some(ws), ctrl, async move { sessions.start(&req).await })
+            .await;
+        match result {
+            Ok(ok) => {
+                if let Some(prev) = self.current.take() {
+                    // The previous session (if it was ever real) is over: either this start
+                    // replaced it, or it had ended already. A provisional id just vanishes.
+                    if !prev.provisional {
+                        self.remember(prev.id, prev.accepted, true);
+                    }
+                }
+                self.current = Some(Current::new(ok.session_id.clone(), false));
+                tracing::info!(conn = %self.conn_id, device = %device, session = %ok.session_id, replaced = ?ok.replaced_session_id, "session started");
+                let created = ServerMessage::SessionCreated(SessionCreated {
+                    session_id: ok.session_id,
+                    device_id: device,
+                    timestamp: now_ms(),
+                    replaced_session_id: ok.replaced_session_id,
+                    request_id: client_request_id,
+                });
+                self.send(ws, created).await;
+            }
+            Err(e) => {
+                let mut out = service_error(e, client::types::SESSION_START);
+                out.device_id = Some(device);
+                out.request_id = client_request_id;
+                self.send_error(ws, out).await;
+            }
+        }
+    }
+
+    async fn on_end(
+        &mut self,
+        ws: &mut Ws,
+        ctrl: &mut mpsc::Receiver<Control>,
+        device: String,
+        session_id: Option<String>,
+    ) {
+        let mut held_before = None;
+        let count = match (&session_id, self.current.as_mut()) {
+            (None, Some(c)) if !c.provisional => Some(c),
+            (Some(target), Some(c)) if *target == c.id && !c.provisional => Some(c),
+            _ => None,
+        }
+        .map(|c| {
+            // Stop accepting data for it while the end is in flight.
+            held_before = Some(c.held);
+            c.held = false;
+            CountReport {
+                session_id: c.id.clone(),
+                accepted: c.accepted,
+            }
+        })
+        .or_else(|| {
+            let target = session_id.as_deref()?;
+            self.recent
+                .iter()
+                .find(|r| r.id == target)
+                .map(|r| CountReport {
+                    session_id: r.id.clone(),
+                    accepted: r.accepted,
+                })
+        });
+        let req = EndRequest {
+            device_id: device.clone(),
+            session_id: session_id.clone(),
+            owner: self.owner.clone(),
+            count,
+        };
+        let sessions = self.shared.sessions.clone();
+        let result = self
+            .await_op(Some(ws), ctrl, async move { sessions.end(&req).await })
+            .await;
+        match result {
+            Ok(ended) => {
+                if self
+                    .current
+                    .as_ref()
+                    .is_some_and(|c| c.id == ended.session_id)
+                {
+                    if let Some(c) = self.current.take() {
+                        self.remember(c.id, c.accepted, true);
+                    }
+                } else {
+                    self.mark_ended(&ended.session_id);
+                }
+                tracing::info!(conn = %self.conn_id, device = %device, session = %ended.session_id, data_count = ended.data_count, "session ended by client");
+                let msg = ServerMessage::SessionEnded(SessionEnded {
+                    session_id: ended.session_id,
+                    device_id: ended.device_id,
+                    timestamp: now_ms(),
+                    reason: ended.reason,
+                    started_at: ended.started_at,
+                    ended_at: ended.ended_at,
+                    data_count: ended.data_count,
+                });
+                self.send(ws, msg).await;
+            }
+            Err(e) => {
+                if let (Some(held), Some(c)) = (held_before, self.current.as_mut()) {
+                    c.held = held;
+                }
+                let mut out = service_error(e, client::types::SESSION_END);
+                out.device_id = Some(device);
+                if out.session_id.is_none() {
+                    out.session_id = session_id;
+                }
+                self.send_error(ws, out).await;
+            }
+        }
+    }
+
+    async fn on_sensor(
+        &mut self,
+        ws: &mut Ws,
+        ctrl: &mut mpsc::Receiver<Control>,
+        device: String,
+        sensor: SensorMessage<'_>,
+        raw: Bytes,
+    ) {
+        let ref_type = sensor.kind.wire_type();
+        let target = match (sensor.session_id.as_deref(), self.current.as_ref()) {
+            (Some(id), _) => id.to_owned(),
+            (None, Some(c)) => c.id.clone(),
+            (None, None) => {
+                self.refuse(ws, ErrorCode::NoActiveSession, None, ref_type)
+                    .await;
+                return;
+            }
+        };
+        let ready = self
+            .current
+            .as_ref()
+            .is_some_and(|c| c.id == target && c.held && !c.provisional);
+        if !ready {
+            if let Err(code) = self.take_session(ws, ctrl, &device, &target).await {
+                self.refuse(ws, code, Some(target), ref_type).await;
+                return;
+            }
+        }
+        let Some(current) = self.current.as_mut() else {
+            return;
+        };
+        let traceparent = current.trace.next_traceparent();
+        let stamp = Stamp {
+            device_id: &device,
+            session_id: &current.id,
+            data_count: current.data_count() + sensor.samples,
+            traceparent: &traceparent,
+        };
+        match self.shared.forwarder.publish(&sensor, &stamp, raw).await {
+            Ok(()) => {
+                current.accepted += sensor.samples;
+                metrics::counter!("amr_gateway_sensor_samples_total").increment(sensor.samples);
+            }
+            Err(e) => {
+                tracing::warn!(conn = %self.conn_id, error = %e, "publish failed");
+                let mut out = ErrorMessage::new(
+                    ErrorCode::ServiceUnavailable,
+                    "message broker unavailable; the message was not forwarded",
+                );
+                out.session_id = Some(target);
+                out.ref_type = Some(ref_type.to_owned());
+                self.send_error(ws, out).await;
+            }
+        }
+    }
+
+    /// Makes `target` this connection's held session: activates a legacy provisional id, or
+    /// claims the device's active session (resume after reconnect, hand-over). Err is the code
+    /// to refuse the message with.
+    async fn take_session(
+        &mut self,
+        ws: &mut Ws,
+        ctrl: &mut mpsc::Receiver<Control>,
+        device: &str,
+        target: &str,
+    ) -> Result<(), ErrorCode> {
+        let sessions = self.shared.sessions.clone();
+        if let Some(c) = self
+            .current
+            .as_ref()
+            .filter(|c| c.id == target && c.provisional)
+        {
+            let req = StartRequest {
+                device_id: device.to_owned(),
+                request_id: ids::new_request_id(),
+                owner: self.owner.clone(),
+                gateway_id: self.shared.gateway_id.clone(),
+                adopt_session_id: Some(c.id.clone()),
+                current: None,
+            };
+            let result = self
+                .await_op(Some(ws), ctrl, async move { sessions.start(&req).await })
+                .await;
+            return match result {
+                Ok(ok) => {
+                    if let Some(c) = self.current.as_mut().filter(|c| c.id == ok.session_id) {
+                        c.provisional = false;
+                        c.held = true;
+                    }
+                    tracing::info!(conn = %self.conn_id, device, session = %ok.session_id, "legacy session activated");
+                    Ok(())
+                }
+                Err(e) => Err(e.code),
+            };
+        }
+        if !ids::is_valid_session_id(target)
+            || self.recent.iter().any(|r| r.id == target && r.ended)
+        {
+            return Err(ErrorCode::SessionNotActive);
+        }
+        let req = ClaimRequest {
+            device_id: device.to_owned(),
+            session_id: target.to_owned(),
+            owner: self.owner.clone(),
+            gateway_id: self.shared.gateway_id.clone(),
+        };
+        let result = self
+            .await_op(Some(ws), ctrl, async move { sessions.claim(&req).await })
+            .await;
+        match result {
+            Ok(ok) => {
+                let mut taken = match self.current.take() {
+                    Some(c) if c.id == ok.session_id => c,
+                    other => {
+                        if let Some(prev) = other.filter(|p| !p.provisional) {
+                            self.remember(prev.id, prev.accepted, false);
+                        }
+                        let mut c = Current::new(ok.session_id.clone(), false);
+                        if let Some(pos) = self.recent.iter().position(|r| r.id == ok.session_id) {
+                            if let Some(r) = self.recent.remove(pos) {
+                                // Cumulative per connection: continue where it stopped.
+                                c.accepted = r.accepted;
+                                c.reported = r.accepted;
+                            }
+                        }
+                        c
+                    }
+                };
+                taken.held = true;
+                taken.provisional = false;
+                taken.base = ok.data_count;
+                taken.accepted_at_take = taken.accepted;
+                tracing::info!(conn = %self.conn_id, device, session = %ok.session_id, "session taken over by this connection");
+                self.current = Some(taken);
+                Ok(())
+            }
+            Err(e) => {
+                if e.code == ErrorCode::SessionNotActive {
+                    self.mark_ended(target);
+                }
+                Err(e.code)
+            }
+        }
+    }
+
+    /// Awaits a session operation while still serving pushed events (revocations must be
+    /// answered even while this connection waits on the service).
+    async fn await_op<T>(
+        &mut self,
+        mut ws: Option<&mut Ws>,
+        ctrl: &mut mpsc::Receiver<Control>,
+        op: impl Future<Output = T>,
+    ) -> T {
+        tokio::pin!(op);
+        loop {
+            tokio::select! {
+                result = &mut op => return result,
+                Some(control) = ctrl.recv() => {
+                    let ws_now = ws.as_deref_mut();
+                    self.on_control(ws_now, control).await
+                }
+            }
+        }
+    }
+
+    async fn on_control(&mut self, ws: Option<&mut Ws>, control: Control) {
+        match control.event {
+            ConnEvent::Revoke { session_id } => {
+                let accepted = match self.current.as_mut() {
+                    Some(c) if c.id == session_id => {
+                        c.held = false;
+                        c.accepted
+                    }
+                    _ => self
+                        .recent
+                        .iter()
+                        .find(|r| r.id == session_id)
+                        .map_or(0, |r| r.accepted),
+                };
+                tracing::debug!(conn = %self.conn_id, session = %session_id, accepted, "revoked");
+                if let Some(reply) = control.reply {
+                    let body = RevokeReply {
+                        session_id,
+                        accepted,
+                    };
+                    if let Ok(bytes) = serde_json::to_vec(&body) {
+                        if let Err(e) = self.shared.nats.publish(reply, bytes.into()).await {
+                            tracing::warn!(error = %e, "cannot answer a revocation");
+                        }
+                    }
+                }
+            }
+            ConnEvent::SessionEnded(ended) => {
+                // Only the connection's current session: a v1.1.0 client nulls its sessionId on
+                // any session_ended, so news about an older session would clear the new one.
+                let is_current = self
+                    .current
+                    .as_ref()
+                    .is_some_and(|c| c.id == ended.session_id);
+                if !is_current {
+                    self.mark_ended(&ended.session_id);
+                    return;
+                }
+                if let Some(c) = self.current.take() {
+                    self.remember(c.id, c.accepted, true);
+                }
+                tracing::info!(conn = %self.conn_id, session = %ended.session_id, reason = %ended.reason, "session ended by the service");
+                if let Some(ws) = ws {
+                    let msg = ServerMessage::SessionEnded(SessionEnded {
+                        session_id: ended.session_id,
+                        device_id: ended.device_id,
+                        timestamp: now_ms(),
+                        reason: ended.reason,
+                        started_at: ended.started_at,
+                        ended_at: ended.ended_at,
+                        data_count: ended.data_count,
+                    });
+                    self.send(ws, msg).await;
+                }
+            }
+        }
+    }
+
+    /// Sends the current session's cumulative count when it grew (fire and forget: counts are
+    /// cumulative, so a lost report is repaired by the next one or by the end).
+    fn report_activity(&mut self) {
+        let (Some(device), Some(c)) = (self.device.as_ref(), self.current.as_mut()) else {
+            return;
+        };
+        if c.provisional || !c.held || c.accepted == c.reported {
+            return;
+        }
+        c.reported = c.accepted;
+        let req = ActivityRequest {
+            device_id: device.clone(),
+            owner: self.owner.clone(),
+            reports: vec![CountReport {
+                session_id: c.id.clone(),
+                accepted: c.accepted,
+            }],
+        };
+        let sessions = self.shared.sessions.clone();
+        tokio::spawn(async move {
+            if let Err(e) = sessions.activity(&req).await {
+                tracing::debug!(error = %e.message, "activity report failed");
+            }
+        });
+    }
+
+    /// After the socket is gone: a session this connection still holds ends `disconnected`
+    /// (or waits for the grace); revocations keep being answered until that is settled.
+    async fn finish(&mut self, exit: Exit, ctrl: &mut mpsc::Receiver<Control>) {
+        let (Some(device), Some(c)) = (self.device.clone(), self.current.as_ref()) else {
+            return;
+        };
+        if c.provisional {
+            return;
+        }
+        let req = DisconnectRequest {
+            device_id: device,
+            session_id: c.id.clone(),
+            owner: self.owner.clone(),
+            accepted: c.accepted,
+            drained: exit == Exit::Drained,
+        };
+        let sessions = self.shared.sessions.clone();
+        let result = self
+            .await_op(None, ctrl, async move { sessions.disconnect(&req).await })
+            .await;
+        match result {
+            Ok(ok) => {
+                tracing::info!(conn = %self.conn_id, session = %req_session(&self.current), outcome = ?ok.outcome, "connection closed")
+            }
+            Err(e) => {
+                tracing::warn!(conn = %self.conn_id, error = %e.message, "disconnect not recorded; the idle timeout will end the session")
+            }
+        }
+    }
+
+    fn remember(&mut self, id: String, accepted: u64, ended: bool) {
+        self.recent.retain(|r| r.id != id);
+        if self.recent.len() == RECENT_SESSIONS {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(Recent {
+            id,
+            accepted,
+            ended,
+        });
+    }
+
+    fn mark_ended(&mut self, id: &str) {
+        match self.recent.iter_mut().find(|r| r.id == id) {
+            Some(r) => r.ended = true,
+            None => self.remember(id.to_owned(), 0, true),
+        }
+    }
+
+    /// Refuses a sensor message; a flood of identical refusals becomes one error per second
+    /// carrying the number of messages it stands for.
+    async fn refuse(
+        &mut self,
+        ws: &mut Ws,
+        code: ErrorCode,
+        session_id: Option<String>,
+        ref_type: &'static str,
+    ) {
+        if let Some(c) = self.coalesce.as_mut() {
+            if c.code == code
+                && c.session_id == session_id
+                && c.window_start.elapsed() < COALESCE_PERIOD
+            {
+                c.suppressed += 1;
+                return;
+            }
+        }
+        self.flush_coalesced(ws).await;
+        let message = match code {
+            ErrorCode::SessionNotActive => "session is not the device's active session",
+            ErrorCode::NoActiveSession => "no active session: send session_start first",
+            ErrorCode::ServiceUnavailable => "session service unavailable",
+            _ => "message refused",
+        };
+        let mut e = ErrorMessage::new(code, format!("{message}; the message was not forwarded"));
+        e.device_id = self.device.clone();
+        e.session_id = session_id.clone();
+        e.ref_type = Some(ref_type.to_owned());
+        self.send_error(ws, e).await;
+        self.coalesce = Some(Coalesce {
+            code,
+            session_id,
+            ref_type,
+            window_start: Instant::now(),
+            suppressed: 0,
+        });
+    }
+
+    async fn flush_coalesced(&mut self, ws: &mut Ws) {
+        let Some(c) = self.coalesce.take() else {
+            return;
+        };
+        if c.suppressed == 0 {
+            return;
+        }
+        let mut e = ErrorMessage::new(
+            c.code,
+            format!(
+                "{} more messages refused with this code; they were not forwarded",
+                c.suppressed
+            ),
+        );
+        e.device_id = self.device.clone();
+        e.session_id = c.session_id.clone();
+        e.ref_type = Some(c.ref_type.to_owned());
+        e.count = Some(c.suppressed);
+        self.send_error(ws, e).await;
+        // Keep rate limiting: the next window starts now.
+        self.coalesce = Some(Coalesce {
+            window_start: Instant::now(),
+            suppressed: 0,
+            ..c
+        });
+    }
+
+    async fn send_error(&mut self, ws: &mut Ws, e: ErrorMessage) {
+        metrics::counter!("amr_gateway_errors_total", "code" => e.error_code.as_str()).increment(1);
+        self.send(ws, ServerMessage::Error(e)).await;
+    }
+
+    async fn send(&mut self, ws: &mut Ws, msg: ServerMessage) {
+        // A failed write means the socket is gone; the read side notices and ends the loop.
+        let _ = ws.send(Message::Text(msg.to_json().into())).await;
+    }
+
+    fn count_in(&self, kind: &'static str) {
+        metrics::counter!("amr_gateway_messages_in_total", "type" => kind).increment(1);
+    }
+}
+
+fn req_session(current: &Option<Current>) -> &str {
+    current.as_ref().map_or("-", |c| c.id.as_str())
+}
+
+fn service_error(e: ServiceError, ref_type: &str) -> ErrorMessage {
+    let mut out = ErrorMessage::new(e.code, e.message);
+    out.session_id = e.session_id;
+    out.ref_type = Some(ref_type.to_owned());
+    out
+}
+
+async fn close(ws: &mut Ws, code: CloseCode, reason: &'static str) {
+    let _ = ws
+        .close(Some(CloseFrame {
+            code,
+            reason: reason.into(),
+        }))
+        .await;
+}
+
+async fn sleep_until_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}

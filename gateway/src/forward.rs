@@ -1,0 +1,98 @@
+//! Forwarding accepted sensor messages to NATS (`<p>.sensor.<deviceId>.<sessionId>`, captured
+//! by the `AMR_SENSOR` JetStream stream).
+//!
+//! The payload is the client's frame, byte for byte (no re-serialisation); metadata travels in
+//! headers. Publishing goes through the NATS client's outbound buffer: no per-message round
+//! trip, and when that buffer is full the await holds the connection's read loop, which is the
+//! TCP backpressure we want instead of unbounded buffering.
+
+use amr_proto::client::SensorMessage;
+use amr_proto::headers;
+use amr_proto::subjects::Subjects;
+use async_nats::{Client, HeaderMap};
+use bytes::Bytes;
+
+#[derive(Clone)]
+pub struct Forwarder {
+    nats: Client,
+    subjects: Subjects,
+    gateway_id: String,
+}
+
+/// Where one accepted message goes and what it is stamped with.
+pub struct Stamp<'a> {
+    pub device_id: &'a str,
+    pub session_id: &'a str,
+    /// The session's running sample count including this message.
+    pub data_count: u64,
+    /// W3C traceparent of this message.
+    pub traceparent: &'a str,
+}
+
+impl Forwarder {
+    pub fn new(nats: Client, subjects: Subjects, gateway_id: String) -> Self {
+        Forwarder {
+            nats,
+            subjects,
+            gateway_id,
+        }
+    }
+
+    pub async fn publish(
+        &self,
+        msg: &SensorMessage<'_>,
+        stamp: &Stamp<'_>,
+        payload: Bytes,
+    ) -> Result<(), async_nats::PublishError> {
+        let mut h = HeaderMap::new();
+        // Ids are validated token characters, so none of these values can hold CR/LF.
+        h.insert(headers::DEVICE_ID, stamp.device_id);
+        h.insert(headers::SESSION_ID, stamp.session_id);
+        h.insert(
+            headers::RECEIVED_AT,
+            amr_proto::now_ms().to_string().as_str(),
+        );
+        h.insert(headers::GATEWAY, self.gateway_id.as_str());
+        h.insert(headers::MESSAGE_TYPE, msg.kind.wire_type());
+        h.insert(headers::DATA_COUNT, stamp.data_count.to_string().as_str());
+        if let Some(seq) = msg.seq {
+            h.insert(headers::SEQ, seq.to_string().as_str());
+            h.insert(
+                headers::NATS_MSG_ID,
+                headers::sensor_msg_id(stamp.session_id, seq).as_str(),
+            );
+        }
+        h.insert(headers::TRACEPARENT, stamp.traceparent);
+        let subject = self.subjects.sensor(stamp.device_id, stamp.session_id);
+        self.nats.publish_with_headers(subject, h, payload).await
+    }
+}
+
+/// A trace id per session on a connection, and a span id per message, so downstream can
+/// correlate one session's messages (OpenTelemetry export of gateway spans is separate).
+pub struct TraceIds {
+    trace_id: String,
+    next_span: u64,
+}
+
+impl TraceIds {
+    pub fn new() -> Self {
+        let id = uuid::Uuid::new_v4();
+        let span_seed = uuid::Uuid::new_v4().as_u64_pair().0 | 1;
+        TraceIds {
+            trace_id: id.simple().to_string(),
+            next_span: span_seed,
+        }
+    }
+
+    pub fn next_traceparent(&mut self) -> String {
+        self.next_span = self.next_span.wrapping_add(1).max(1);
+        format!("00-{}-{:016x}-01", self.trace_id, self.next_span)
+    }
+}
+
+impl Default for TraceIds {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,60 @@
+//! HTTP side endpoints: `/healthz` (alive), `/readyz` (NATS connected and not draining),
+//! `/metrics` (Prometheus text).
+
+use crate::Shared;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::Router;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use std::sync::Arc;
+use std::time::Duration;
+
+pub fn install_metrics() -> Result<PrometheusHandle, crate::BoxError> {
+    let handle = PrometheusBuilder::new().install_recorder()?;
+    let upkeep = handle.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tick.tick().await;
+            upkeep.run_upkeep();
+        }
+    });
+    Ok(handle)
+}
+
+#[derive(Clone)]
+struct HttpState {
+    shared: Arc<Shared>,
+    metrics: PrometheusHandle,
+}
+
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    shared: Arc<Shared>,
+    metrics: PrometheusHandle,
+) {
+    let app = Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(render_metrics))
+        .with_state(HttpState { shared, metrics });
+    if let Err(e) = axum::serve(listener, app).await {
+        tracing::error!(error = %e, "http server stopped");
+    }
+}
+
+async fn readyz(State(state): State<HttpState>) -> (StatusCode, &'static str) {
+    if state.shared.is_draining() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "draining");
+    }
+    match state.shared.nats.connection_state() {
+        async_nats::connection::State::Connected => (StatusCode::OK, "ready"),
+        _ => (StatusCode::SERVICE_UNAVAILABLE, "nats not connected"),
+    }
+}
+
+async fn render_metrics(State(state): State<HttpState>) -> String {
+    metrics::gauge!("amr_gateway_connections_registered").set(state.shared.registry.len() as f64);
+    state.metrics.render()
+}

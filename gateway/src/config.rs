@@ -96,6 +96,22 @@ pub struct Config {
     /// JetStream de-duplication window of the AMR_SENSOR stream.
     #[arg(long, env = "AMR_SENSOR_DUPLICATE_WINDOW", default_value = "2m", value_parser = parse_duration)]
     pub sensor_duplicate_window: Duration,
+    /// Acks for `seq` messages are coalesced: sent at most this long after the data is stored.
+    #[arg(long, env = "AMR_ACK_INTERVAL", default_value = "50ms", value_parser = parse_duration)]
+    pub ack_interval: Duration,
+    /// ... or as soon as this many messages were stored since the last ack.
+    #[arg(long, env = "AMR_ACK_EVERY", default_value_t = 256)]
+    pub ack_every: u32,
+    /// JetStream publishes awaiting their ack, per connection; at the bound the gateway stops
+    /// reading that socket (TCP backpressure) instead of buffering.
+    #[arg(long, env = "AMR_MAX_INFLIGHT_PER_CONN", default_value_t = 1024)]
+    pub max_inflight_per_conn: usize,
+    /// JetStream publishes awaiting their ack, for the whole gateway.
+    #[arg(long, env = "AMR_MAX_INFLIGHT", default_value_t = 65536)]
+    pub max_inflight: usize,
+    /// How long a JetStream publish may wait for its ack before it counts as not stored.
+    #[arg(long, env = "AMR_PUBLISH_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub publish_timeout: Duration,
     /// Log format (level by RUST_LOG).
     #[arg(long, env = "AMR_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,

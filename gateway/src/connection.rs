@@ -6,20 +6,23 @@
 //! session operation is in flight the task stops reading the socket but keeps serving pushed
 //! events, so two connections replacing each other's sessions can never wait on each other.
 
-use crate::forward::{Stamp, TraceIds};
+use crate::acks::AckPoint;
+use crate::forward::{Published, Stamp, TraceIds};
 use crate::registry::Control;
 use crate::Shared;
-use amr_proto::client::{self, ClientMessage, SensorMessage};
+use amr_proto::client::{self, ClientMessage, SensorKind, SensorMessage};
 use amr_proto::internal::{
     ActivityRequest, ClaimRequest, ConnEvent, CountReport, DisconnectRequest, EndRequest,
     RevokeReply, ServiceError, StartRequest,
 };
 use amr_proto::server::{
-    DeviceRegistered, ErrorMessage, Pong, ServerMessage, SessionCreated, SessionEnded,
+    Ack, DeviceRegistered, ErrorMessage, Pong, ServerMessage, SessionCreated, SessionEnded,
 };
 use amr_proto::{ids, now_ms, ErrorCode};
 use bytes::Bytes;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::future::BoxFuture;
+use futures_util::stream::FuturesOrdered;
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use std::collections::VecDeque;
 use std::future::Future;
 use std::sync::Arc;
@@ -93,6 +96,16 @@ struct Coalesce {
     suppressed: u64,
 }
 
+/// The result of one JetStream publish of a `seq` message.
+struct Outcome {
+    session_id: String,
+    seq: u64,
+    samples: u64,
+    kind: SensorKind,
+    /// Ok(duplicate): stored (or already stored under the same `Nats-Msg-Id`).
+    result: Result<bool, String>,
+}
+
 /// Why the read loop stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Exit {
@@ -111,6 +124,9 @@ pub struct Connection {
     recent: VecDeque<Recent>,
     coalesce: Option<Coalesce>,
     last_seen: Instant,
+    /// JetStream publishes awaiting their ack, in the order they were sent.
+    inflight: FuturesOrdered<BoxFuture<'static, Outcome>>,
+    ack: Option<AckPoint>,
 }
 
 enum Flow {
@@ -130,6 +146,8 @@ impl Connection {
             recent: VecDeque::new(),
             coalesce: None,
             last_seen: Instant::now(),
+            inflight: FuturesOrdered::new(),
+            ack: None,
         }
     }
 
@@ -158,6 +176,12 @@ impl Connection {
                 .as_ref()
                 .filter(|c| c.suppressed > 0)
                 .map(|c| c.window_start + COALESCE_PERIOD);
+            let ack_due = self
+                .ack
+                .as_ref()
+                .and_then(|a| a.deadline(config.ack_interval));
+            // At the in-flight bound the socket is not read: TCP backpressure.
+            let can_read = self.inflight.len() < config.max_inflight_per_conn;
             tokio::select! {
                 biased;
                 Ok(()) = drain.changed() => {
@@ -165,7 +189,10 @@ impl Connection {
                     return Exit::Drained;
                 }
                 Some(control) = ctrl.recv() => self.on_control(Some(ws), control).await,
-                frame = ws.next() => {
+                Some(outcome) = self.inflight.next(), if !self.inflight.is_empty() => {
+                    self.on_outcome(Some(ws), outcome).await
+                }
+                frame = ws.next(), if can_read => {
                     self.last_seen = Instant::now();
                     match frame {
                         Some(Ok(msg)) => {
@@ -204,6 +231,7 @@ impl Connection {
                 }
                 _ = activity.tick() => self.report_activity(),
                 _ = sleep_until_opt(coalesce_due) => self.flush_coalesced(ws).await,
+                _ = sleep_until_opt(ack_due) => self.send_due_ack(ws).await,
             }
         }
     }
@@ -384,6 +412,7 @@ impl Connection {
         device: String,
         client_request_id: Option<String>,
     ) {
+        self.settle_inflight(Some(ws)).await;
         let current = self
             .current
             .as_ref()
@@ -442,6 +471,7 @@ impl Connection {
         device: String,
         session_id: Option<String>,
     ) {
+        self.settle_inflight(Some(ws)).await;
         let mut held_before = None;
         let count = match (&session_id, self.current.as_mut()) {
             (None, Some(c)) if !c.provisional => Some(c),
@@ -555,9 +585,31 @@ impl Connection {
             traceparent: &traceparent,
         };
         match self.shared.forwarder.publish(&sensor, &stamp, raw).await {
-            Ok(()) => {
+            Ok(Published::Sent) => {
                 current.accepted += sensor.samples;
                 metrics::counter!("amr_gateway_sensor_samples_total").increment(sensor.samples);
+            }
+            Ok(Published::Pending(ack)) => {
+                // Counted once stored: a resend of a stored seq must not count twice.
+                let (session_id, seq, samples, kind) = (
+                    current.id.clone(),
+                    sensor.seq.unwrap_or(0),
+                    sensor.samples,
+                    sensor.kind,
+                );
+                self.inflight.push_back(
+                    async move {
+                        let result = ack.await.map(|a| a.duplicate).map_err(|e| e.to_string());
+                        Outcome {
+                            session_id,
+                            seq,
+                            samples,
+                            kind,
+                            result,
+                        }
+                    }
+                    .boxed(),
+                );
             }
             Err(e) => {
                 tracing::warn!(conn = %self.conn_id, error = %e, "publish failed");
@@ -684,6 +736,8 @@ impl Connection {
     async fn on_control(&mut self, ws: Option<&mut Ws>, control: Control) {
         match control.event {
             ConnEvent::Revoke { session_id } => {
+                // Everything in flight is settled first, so the count is final.
+                self.settle_inflight(ws).await;
                 let accepted = match self.current.as_mut() {
                     Some(c) if c.id == session_id => {
                         c.held = false;
@@ -768,6 +822,7 @@ impl Connection {
     /// After the socket is gone: a session this connection still holds ends `disconnected`
     /// (or waits for the grace); revocations keep being answered until that is settled.
     async fn finish(&mut self, exit: Exit, ctrl: &mut mpsc::Receiver<Control>) {
+        self.settle_inflight(None).await;
         let (Some(device), Some(c)) = (self.device.clone(), self.current.as_ref()) else {
             return;
         };
@@ -793,6 +848,97 @@ impl Connection {
                 tracing::warn!(conn = %self.conn_id, error = %e.message, "disconnect not recorded; the idle timeout will end the session")
             }
         }
+    }
+
+    /// Waits for every publish in flight and accounts for it.
+    async fn settle_inflight(&mut self, mut ws: Option<&mut Ws>) {
+        while let Some(outcome) = self.inflight.next().await {
+            self.on_outcome(ws.as_deref_mut(), outcome).await;
+        }
+        if let Some(ws) = ws {
+            self.send_pending_ack(ws).await;
+        }
+    }
+
+    async fn on_outcome(&mut self, mut ws: Option<&mut Ws>, o: Outcome) {
+        let switch = self
+            .ack
+            .as_ref()
+            .is_none_or(|a| a.session_id() != o.session_id);
+        if switch {
+            if let Some(ws) = ws.as_deref_mut() {
+                self.send_pending_ack(ws).await;
+            }
+            self.ack = Some(AckPoint::new(o.session_id.clone()));
+        }
+        let now = Instant::now();
+        match o.result {
+            Ok(duplicate) => {
+                if !duplicate {
+                    match self.current.as_mut().filter(|c| c.id == o.session_id) {
+                        Some(c) => c.accepted += o.samples,
+                        None => {
+                            if let Some(r) = self.recent.iter_mut().find(|r| r.id == o.session_id) {
+                                r.accepted += o.samples;
+                            }
+                        }
+                    }
+                    metrics::counter!("amr_gateway_sensor_samples_total").increment(o.samples);
+                }
+                if let Some(a) = self.ack.as_mut() {
+                    a.record(o.seq, true, now);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(conn = %self.conn_id, session = %o.session_id, seq = o.seq, error = %e, "not stored; no ack");
+                metrics::counter!("amr_gateway_publish_failures_total").increment(1);
+                if let Some(a) = self.ack.as_mut() {
+                    a.record(o.seq, false, now);
+                }
+                if let Some(ws) = ws {
+                    self.refuse(
+                        ws,
+                        ErrorCode::ServiceUnavailable,
+                        Some(o.session_id),
+                        o.kind.wire_type(),
+                    )
+                    .await;
+                }
+                return;
+            }
+        }
+        if let Some(ws) = ws {
+            self.send_due_ack(ws).await;
+        }
+    }
+
+    async fn send_due_ack(&mut self, ws: &mut Ws) {
+        let config = &self.shared.config;
+        let due = self.ack.as_ref().and_then(|a| {
+            a.due(Instant::now(), config.ack_interval, config.ack_every)
+                .map(|seq| (a.session_id().to_owned(), seq))
+        });
+        if let Some((session_id, seq)) = due {
+            self.send_ack(ws, session_id, seq).await;
+        }
+    }
+
+    async fn send_pending_ack(&mut self, ws: &mut Ws) {
+        let pending = self
+            .ack
+            .as_ref()
+            .and_then(|a| a.pending().map(|seq| (a.session_id().to_owned(), seq)));
+        if let Some((session_id, seq)) = pending {
+            self.send_ack(ws, session_id, seq).await;
+        }
+    }
+
+    async fn send_ack(&mut self, ws: &mut Ws, session_id: String, seq: u64) {
+        if let Some(a) = self.ack.as_mut() {
+            a.mark_sent(seq);
+        }
+        self.send(ws, ServerMessage::Ack(Ack { session_id, seq }))
+            .await;
     }
 
     fn remember(&mut self, id: String, accepted: u64, ended: bool) {

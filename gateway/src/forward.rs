@@ -2,19 +2,27 @@
 //! by the `AMR_SENSOR` JetStream stream).
 //!
 //! The payload is the client's frame, byte for byte (no re-serialisation); metadata travels in
-//! headers. Publishing goes through the NATS client's outbound buffer: no per-message round
-//! trip, and when that buffer is full the await holds the connection's read loop, which is the
-//! TCP backpressure we want instead of unbounded buffering.
+//! headers. Two reliability levels (protocol.md section 4):
+//! - no `seq` (v1.1.0 apps): a core publish, fire and forget, no per-message round trip;
+//! - with `seq`: a JetStream publish with `Nats-Msg-Id` = `<sessionId>:<seq>` whose ack future
+//!   is handed back, so the connection can acknowledge once the message is stored (pipelined:
+//!   many in flight, never one await per message).
+//!
+//! When the NATS client's outbound buffer (or the gateway-wide ack budget) is full, the await
+//! here holds the connection's read loop: TCP backpressure instead of unbounded buffering.
 
+use crate::config::Config;
 use amr_proto::client::SensorMessage;
 use amr_proto::headers;
 use amr_proto::subjects::Subjects;
-use async_nats::{Client, HeaderMap};
+use async_nats::jetstream::context::{PublishAckFuture, PublishError};
+use async_nats::{jetstream, Client, HeaderMap};
 use bytes::Bytes;
 
 #[derive(Clone)]
 pub struct Forwarder {
     nats: Client,
+    js: jetstream::Context,
     subjects: Subjects,
     gateway_id: String,
 }
@@ -29,10 +37,32 @@ pub struct Stamp<'a> {
     pub traceparent: &'a str,
 }
 
+/// How a message left the gateway.
+pub enum Published {
+    /// Core publish: handed to the NATS connection, no acknowledgement expected.
+    Sent,
+    /// JetStream publish: resolves once the stream stored it (or refused / timed out).
+    Pending(PublishAckFuture),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ForwardError {
+    #[error("core publish failed: {0}")]
+    Core(#[from] async_nats::PublishError),
+    #[error("jetstream publish failed: {0}")]
+    JetStream(#[from] PublishError),
+}
+
 impl Forwarder {
-    pub fn new(nats: Client, subjects: Subjects, gateway_id: String) -> Self {
+    pub fn new(nats: Client, config: &Config, subjects: Subjects, gateway_id: String) -> Self {
+        let js = jetstream::ContextBuilder::new()
+            .timeout(config.publish_timeout)
+            .max_ack_inflight(config.max_inflight)
+            .backpressure_on_inflight(true)
+            .build(nats.clone());
         Forwarder {
             nats,
+            js,
             subjects,
             gateway_id,
         }
@@ -43,7 +73,7 @@ impl Forwarder {
         msg: &SensorMessage<'_>,
         stamp: &Stamp<'_>,
         payload: Bytes,
-    ) -> Result<(), async_nats::PublishError> {
+    ) -> Result<Published, ForwardError> {
         let mut h = HeaderMap::new();
         // Ids are validated token characters, so none of these values can hold CR/LF.
         h.insert(headers::DEVICE_ID, stamp.device_id);
@@ -55,16 +85,23 @@ impl Forwarder {
         h.insert(headers::GATEWAY, self.gateway_id.as_str());
         h.insert(headers::MESSAGE_TYPE, msg.kind.wire_type());
         h.insert(headers::DATA_COUNT, stamp.data_count.to_string().as_str());
-        if let Some(seq) = msg.seq {
-            h.insert(headers::SEQ, seq.to_string().as_str());
-            h.insert(
-                headers::NATS_MSG_ID,
-                headers::sensor_msg_id(stamp.session_id, seq).as_str(),
-            );
-        }
         h.insert(headers::TRACEPARENT, stamp.traceparent);
         let subject = self.subjects.sensor(stamp.device_id, stamp.session_id);
-        self.nats.publish_with_headers(subject, h, payload).await
+        match msg.seq {
+            None => {
+                self.nats.publish_with_headers(subject, h, payload).await?;
+                Ok(Published::Sent)
+            }
+            Some(seq) => {
+                h.insert(headers::SEQ, seq.to_string().as_str());
+                h.insert(
+                    headers::NATS_MSG_ID,
+                    headers::sensor_msg_id(stamp.session_id, seq).as_str(),
+                );
+                let ack = self.js.publish_with_headers(subject, h, payload).await?;
+                Ok(Published::Pending(ack))
+            }
+        }
     }
 }
 

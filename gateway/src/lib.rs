@@ -8,6 +8,7 @@
 //! never make a per-message round trip on the sensor-data path, and never keep anything that
 //! must survive the process.
 
+pub mod acks;
 pub mod config;
 pub mod connection;
 pub mod forward;
@@ -64,7 +65,12 @@ pub async fn run(config: Config) -> Result<(), BoxError> {
             subjects.clone(),
             config.request_timeout,
         ),
-        forwarder: forward::Forwarder::new(nats.clone(), subjects.clone(), gateway_id.clone()),
+        forwarder: forward::Forwarder::new(
+            nats.clone(),
+            &config,
+            subjects.clone(),
+            gateway_id.clone(),
+        ),
         config: config.clone(),
         subjects: subjects.clone(),
         gateway_id: gateway_id.clone(),

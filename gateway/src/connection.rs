@@ -7,7 +7,8 @@
 //! events, so two connections replacing each other's sessions can never wait on each other.
 
 use crate::acks::AckPoint;
-use crate::forward::{Published, Stamp, TraceIds};
+use crate::backend::{Published, Stamp};
+use crate::forward::TraceIds;
 use crate::registry::Control;
 use crate::Shared;
 use amr_proto::client::{self, ClientMessage, SensorKind, SensorMessage};
@@ -584,7 +585,7 @@ impl Connection {
             data_count: current.data_count() + sensor.samples,
             traceparent: &traceparent,
         };
-        match self.shared.forwarder.publish(&sensor, &stamp, raw).await {
+        match self.shared.sink.publish(&sensor, &stamp, raw).await {
             Ok(Published::Sent) => {
                 current.accepted += sensor.samples;
                 metrics::counter!("amr_gateway_sensor_samples_total").increment(sensor.samples);
@@ -599,7 +600,7 @@ impl Connection {
                 );
                 self.inflight.push_back(
                     async move {
-                        let result = ack.await.map(|a| a.duplicate).map_err(|e| e.to_string());
+                        let result = ack.await;
                         Outcome {
                             session_id,
                             seq,
@@ -751,15 +752,12 @@ impl Connection {
                 };
                 tracing::debug!(conn = %self.conn_id, session = %session_id, accepted, "revoked");
                 if let Some(reply) = control.reply {
-                    let body = RevokeReply {
-                        session_id,
-                        accepted,
-                    };
-                    if let Ok(bytes) = serde_json::to_vec(&body) {
-                        if let Err(e) = self.shared.nats.publish(reply, bytes.into()).await {
-                            tracing::warn!(error = %e, "cannot answer a revocation");
-                        }
-                    }
+                    reply
+                        .send(RevokeReply {
+                            session_id,
+                            accepted,
+                        })
+                        .await;
                 }
             }
             ConnEvent::SessionEnded(ended) => {

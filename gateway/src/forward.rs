@@ -11,13 +11,15 @@
 //! When the NATS client's outbound buffer (or the gateway-wide ack budget) is full, the await
 //! here holds the connection's read loop: TCP backpressure instead of unbounded buffering.
 
+use crate::backend::{Published, SensorSink, Stamp};
 use crate::config::Config;
 use amr_proto::client::SensorMessage;
 use amr_proto::headers;
 use amr_proto::subjects::Subjects;
-use async_nats::jetstream::context::{PublishAckFuture, PublishError};
 use async_nats::{jetstream, Client, HeaderMap};
 use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use futures_util::FutureExt;
 
 #[derive(Clone)]
 pub struct Forwarder {
@@ -25,32 +27,6 @@ pub struct Forwarder {
     js: jetstream::Context,
     subjects: Subjects,
     gateway_id: String,
-}
-
-/// Where one accepted message goes and what it is stamped with.
-pub struct Stamp<'a> {
-    pub device_id: &'a str,
-    pub session_id: &'a str,
-    /// The session's running sample count including this message.
-    pub data_count: u64,
-    /// W3C traceparent of this message.
-    pub traceparent: &'a str,
-}
-
-/// How a message left the gateway.
-pub enum Published {
-    /// Core publish: handed to the NATS connection, no acknowledgement expected.
-    Sent,
-    /// JetStream publish: resolves once the stream stored it (or refused / timed out).
-    Pending(PublishAckFuture),
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum ForwardError {
-    #[error("core publish failed: {0}")]
-    Core(#[from] async_nats::PublishError),
-    #[error("jetstream publish failed: {0}")]
-    JetStream(#[from] PublishError),
 }
 
 impl Forwarder {
@@ -68,12 +44,12 @@ impl Forwarder {
         }
     }
 
-    pub async fn publish(
+    async fn publish_nats(
         &self,
         msg: &SensorMessage<'_>,
         stamp: &Stamp<'_>,
         payload: Bytes,
-    ) -> Result<Published, ForwardError> {
+    ) -> Result<Published, String> {
         let mut h = HeaderMap::new();
         // Ids are validated token characters, so none of these values can hold CR/LF.
         h.insert(headers::DEVICE_ID, stamp.device_id);
@@ -89,7 +65,10 @@ impl Forwarder {
         let subject = self.subjects.sensor(stamp.device_id, stamp.session_id);
         match msg.seq {
             None => {
-                self.nats.publish_with_headers(subject, h, payload).await?;
+                self.nats
+                    .publish_with_headers(subject, h, payload)
+                    .await
+                    .map_err(|e| e.to_string())?;
                 Ok(Published::Sent)
             }
             Some(seq) => {
@@ -98,10 +77,28 @@ impl Forwarder {
                     headers::NATS_MSG_ID,
                     headers::sensor_msg_id(stamp.session_id, seq).as_str(),
                 );
-                let ack = self.js.publish_with_headers(subject, h, payload).await?;
-                Ok(Published::Pending(ack))
+                let ack = self
+                    .js
+                    .publish_with_headers(subject, h, payload)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok(Published::Pending(
+                    async move { ack.await.map(|a| a.duplicate).map_err(|e| e.to_string()) }
+                        .boxed(),
+                ))
             }
         }
+    }
+}
+
+impl SensorSink for Forwarder {
+    fn publish<'a>(
+        &'a self,
+        msg: &'a SensorMessage<'a>,
+        stamp: &'a Stamp<'a>,
+        payload: Bytes,
+    ) -> BoxFuture<'a, Result<Published, String>> {
+        self.publish_nats(msg, stamp, payload).boxed()
     }
 }
 

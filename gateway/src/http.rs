@@ -10,8 +10,15 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use std::sync::Arc;
 use std::time::Duration;
 
+/// Installs the process-wide Prometheus recorder once; later calls (two components in one
+/// process) share it.
 pub fn install_metrics() -> Result<PrometheusHandle, crate::BoxError> {
+    static HANDLE: std::sync::OnceLock<PrometheusHandle> = std::sync::OnceLock::new();
+    if let Some(h) = HANDLE.get() {
+        return Ok(h.clone());
+    }
     let handle = PrometheusBuilder::new().install_recorder()?;
+    let handle = HANDLE.get_or_init(|| handle).clone();
     let upkeep = handle.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(5));
@@ -33,12 +40,14 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     shared: Arc<Shared>,
     metrics: PrometheusHandle,
+    extra_routes: Router,
 ) {
     let app = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(render_metrics))
-        .with_state(HttpState { shared, metrics });
+        .with_state(HttpState { shared, metrics })
+        .merge(extra_routes);
     if let Err(e) = axum::serve(listener, app).await {
         tracing::error!(error = %e, "http server stopped");
     }
@@ -48,9 +57,9 @@ async fn readyz(State(state): State<HttpState>) -> (StatusCode, &'static str) {
     if state.shared.is_draining() {
         return (StatusCode::SERVICE_UNAVAILABLE, "draining");
     }
-    match state.shared.nats.connection_state() {
-        async_nats::connection::State::Connected => (StatusCode::OK, "ready"),
-        _ => (StatusCode::SERVICE_UNAVAILABLE, "nats not connected"),
+    match state.shared.readiness.check() {
+        Ok(()) => (StatusCode::OK, "ready"),
+        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, why),
     }
 }
 

@@ -9,6 +9,7 @@
 //! must survive the process.
 
 pub mod acks;
+pub mod backend;
 pub mod config;
 pub mod connection;
 pub mod forward;
@@ -19,7 +20,10 @@ pub mod session_client;
 pub mod streams;
 
 use amr_proto::subjects::Subjects;
+use backend::{Readiness, SensorSink, SessionApi};
 use config::Config;
+use registry::Registry;
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use tokio::sync::watch;
@@ -29,11 +33,11 @@ pub struct Shared {
     pub config: Config,
     pub subjects: Subjects,
     pub gateway_id: String,
-    pub nats: async_nats::Client,
-    pub sessions: session_client::SessionClient,
-    pub forwarder: forward::Forwarder,
-    pub registry: Arc<registry::Registry>,
-    /// Becomes true on SIGTERM: connections close with 1012.
+    pub sessions: Arc<dyn SessionApi>,
+    pub sink: Arc<dyn SensorSink>,
+    pub readiness: Arc<dyn Readiness>,
+    pub registry: Arc<Registry>,
+    /// Becomes true on shutdown: connections close with 1012.
     pub drain: watch::Receiver<bool>,
     pub draining: AtomicBool,
 }
@@ -46,56 +50,58 @@ impl Shared {
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// Connects to NATS and runs the gateway until SIGTERM/SIGINT, then drains.
-pub async fn run(config: Config) -> Result<(), BoxError> {
-    let gateway_id = config
+/// The parts a gateway is assembled from (NATS-backed, or in-process in embedded mode).
+pub struct Backend {
+    pub gateway_id: String,
+    pub registry: Arc<Registry>,
+    pub sessions: Arc<dyn SessionApi>,
+    pub sink: Arc<dyn SensorSink>,
+    pub readiness: Arc<dyn Readiness>,
+    /// Extra HTTP routes served on the gateway's HTTP port (the session API in embedded mode).
+    pub extra_routes: axum::Router,
+}
+
+/// A random gateway id, unless configured.
+pub fn gateway_id(config: &Config) -> String {
+    config
         .gateway_id
         .clone()
-        .unwrap_or_else(|| format!("gw-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]));
-    let subjects = Subjects::new(config.subject_prefix.clone());
-    let metrics = http::install_metrics()?;
-    let nats = connect_nats(&config, &gateway_id).await?;
-    streams::ensure_sensor_stream(&nats, &config, &subjects).await;
+        .unwrap_or_else(|| format!("gw-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]))
+}
 
+/// Serves WebSocket and HTTP until `shutdown` resolves, then drains: readiness turns 503, new
+/// connections are refused, existing ones close with 1012 and report their sessions, and this
+/// returns once they are gone or `AMR_DRAIN_TIMEOUT` passed.
+pub async fn serve(
+    config: Config,
+    backend: Backend,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), BoxError> {
+    let metrics = http::install_metrics()?;
     let (drain_tx, drain_rx) = watch::channel(false);
-    let registry = Arc::new(registry::Registry::default());
     let shared = Arc::new(Shared {
-        sessions: session_client::SessionClient::new(
-            nats.clone(),
-            subjects.clone(),
-            config.request_timeout,
-        ),
-        forwarder: forward::Forwarder::new(
-            nats.clone(),
-            &config,
-            subjects.clone(),
-            gateway_id.clone(),
-        ),
+        subjects: Subjects::new(config.subject_prefix.clone()),
+        gateway_id: backend.gateway_id.clone(),
+        sessions: backend.sessions,
+        sink: backend.sink,
+        readiness: backend.readiness,
+        registry: backend.registry,
         config: config.clone(),
-        subjects: subjects.clone(),
-        gateway_id: gateway_id.clone(),
-        nats: nats.clone(),
-        registry: registry.clone(),
         drain: drain_rx,
         draining: AtomicBool::new(false),
     });
-
-    tokio::spawn({
-        let (nats, subjects, gateway_id) = (nats.clone(), subjects.clone(), gateway_id.clone());
-        async move {
-            if let Err(e) = registry::dispatch(nats, subjects, gateway_id, registry).await {
-                tracing::error!(error = %e, "cannot subscribe to connection events");
-            }
-        }
-    });
-
     let http_listener = tokio::net::TcpListener::bind(config.http_listen).await?;
-    tokio::spawn(http::serve(http_listener, shared.clone(), metrics));
+    tokio::spawn(http::serve(
+        http_listener,
+        shared.clone(),
+        metrics,
+        backend.extra_routes,
+    ));
     let ws_listener = tokio::net::TcpListener::bind(config.ws_listen).await?;
-    tracing::info!(gateway = %gateway_id, ws = %config.ws_listen, path = %config.ws_path, http = %config.http_listen, "gateway ready");
+    tracing::info!(gateway = %shared.gateway_id, ws = %config.ws_listen, path = %config.ws_path, http = %config.http_listen, "gateway ready");
     let accept = tokio::spawn(listener::accept_loop(ws_listener, shared.clone()));
 
-    shutdown_signal().await;
+    shutdown.await;
     tracing::info!("draining: refusing new connections, closing existing ones with 1012");
     shared.draining.store(true, Ordering::Relaxed);
     accept.abort();
@@ -104,11 +110,69 @@ pub async fn run(config: Config) -> Result<(), BoxError> {
     while !shared.registry.is_empty() && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
+    tracing::info!(left = shared.registry.len(), "gateway stopped");
+    Ok(())
+}
+
+/// The NATS-backed parts of a gateway.
+pub async fn nats_backend(config: &Config) -> Result<(Backend, async_nats::Client), BoxError> {
+    let gateway_id = gateway_id(config);
+    let subjects = Subjects::new(config.subject_prefix.clone());
+    let nats = connect_nats(config, &gateway_id).await?;
+    streams::ensure_sensor_stream(&nats, config, &subjects).await;
+    let registry = Arc::new(Registry::default());
+    tokio::spawn({
+        let (nats, subjects, gateway_id, registry) = (
+            nats.clone(),
+            subjects.clone(),
+            gateway_id.clone(),
+            registry.clone(),
+        );
+        async move {
+            if let Err(e) = registry::dispatch(nats, subjects, gateway_id, registry).await {
+                tracing::error!(error = %e, "cannot subscribe to connection events");
+            }
+        }
+    });
+    let backend = Backend {
+        sessions: Arc::new(session_client::SessionClient::new(
+            nats.clone(),
+            subjects.clone(),
+            config.request_timeout,
+        )),
+        sink: Arc::new(forward::Forwarder::new(
+            nats.clone(),
+            config,
+            subjects,
+            gateway_id.clone(),
+        )),
+        readiness: Arc::new(NatsReadiness(nats.clone())),
+        registry,
+        gateway_id,
+        extra_routes: axum::Router::new(),
+    };
+    Ok((backend, nats))
+}
+
+/// Runs the distributed gateway (NATS) until SIGTERM/SIGINT, then drains.
+pub async fn run(config: Config) -> Result<(), BoxError> {
+    let (backend, nats) = nats_backend(&config).await?;
+    serve(config, backend, shutdown_signal()).await?;
     if let Err(e) = nats.flush().await {
         tracing::warn!(error = %e, "flush on exit failed");
     }
-    tracing::info!(left = shared.registry.len(), "gateway stopped");
     Ok(())
+}
+
+struct NatsReadiness(async_nats::Client);
+
+impl Readiness for NatsReadiness {
+    fn check(&self) -> Result<(), &'static str> {
+        match self.0.connection_state() {
+            async_nats::connection::State::Connected => Ok(()),
+            _ => Err("nats not connected"),
+        }
+    }
 }
 
 async fn connect_nats(config: &Config, gateway_id: &str) -> Result<async_nats::Client, BoxError> {

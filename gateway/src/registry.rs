@@ -1,5 +1,5 @@
-//! The gateway's live connections, and the dispatcher that routes events the session service
-//! pushes to `<p>.internal.gw.<gatewayId>.<connId>` into the right connection.
+//! The gateway's live connections, and delivery of events the session service pushes to one
+//! of them (over NATS: `<p>.internal.gw.<gatewayId>.<connId>`; in-process in embedded mode).
 
 use amr_proto::internal::{ConnEvent, RevokeReply};
 use amr_proto::subjects::Subjects;
@@ -7,16 +7,41 @@ use async_nats::{Client, Subject};
 use futures_util::StreamExt;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 /// Capacity of one connection's control queue; pushes are rare (a few per session).
 pub const CONTROL_QUEUE: usize = 32;
+
+/// Where the answer to a revocation goes.
+#[derive(Debug)]
+pub enum ReplyTo {
+    Nats { client: Client, subject: Subject },
+    Local(oneshot::Sender<RevokeReply>),
+}
+
+impl ReplyTo {
+    pub async fn send(self, reply: RevokeReply) {
+        match self {
+            ReplyTo::Nats { client, subject } => match serde_json::to_vec(&reply) {
+                Ok(bytes) => {
+                    if let Err(e) = client.publish(subject, bytes.into()).await {
+                        tracing::warn!(error = %e, "cannot answer a revocation");
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot encode a revocation answer"),
+            },
+            ReplyTo::Local(tx) => {
+                let _ = tx.send(reply);
+            }
+        }
+    }
+}
 
 /// One pushed event for a connection; `reply` is set on requests (revocations).
 #[derive(Debug)]
 pub struct Control {
     pub event: ConnEvent,
-    pub reply: Option<Subject>,
+    pub reply: Option<ReplyTo>,
 }
 
 #[derive(Default)]
@@ -48,11 +73,37 @@ impl Registry {
     fn get(&self, conn_id: &str) -> Option<mpsc::Sender<Control>> {
         self.conns.lock().ok()?.get(conn_id).cloned()
     }
+
+    /// Hands an event to a connection. A revocation for a connection that is gone is answered
+    /// at once with a zero count: the closed connection reported its final (cumulative) count
+    /// itself, and the session service must not wait for it.
+    pub async fn deliver(&self, conn_id: &str, control: Control) {
+        match self.get(conn_id) {
+            Some(tx) => {
+                if let Err(mpsc::error::TrySendError::Full(control)) = tx.try_send(control) {
+                    // Never stall the caller behind one busy connection.
+                    tokio::spawn(async move {
+                        let _ = tx.send(control).await;
+                    });
+                }
+            }
+            None => {
+                if let (ConnEvent::Revoke { session_id }, Some(reply)) =
+                    (control.event, control.reply)
+                {
+                    reply
+                        .send(RevokeReply {
+                            session_id,
+                            accepted: 0,
+                        })
+                        .await;
+                }
+            }
+        }
+    }
 }
 
-/// Routes pushed events until the subscription ends. A revocation for a connection that is
-/// gone is answered at once with a zero count: the closed connection reported its final
-/// count itself (cumulative counts make that safe), and the service must not wait for it.
+/// Routes events pushed over NATS until the subscription ends.
 pub async fn dispatch(
     nats: Client,
     subjects: Subjects,
@@ -71,37 +122,11 @@ pub async fn dispatch(
                 continue;
             }
         };
-        let control = Control {
-            event,
-            reply: msg.reply.clone(),
-        };
-        match registry.get(conn_id) {
-            Some(tx) => {
-                if let Err(mpsc::error::TrySendError::Full(control)) = tx.try_send(control) {
-                    // Never stall the dispatcher behind one busy connection.
-                    tokio::spawn(async move {
-                        let _ = tx.send(control).await;
-                    });
-                }
-            }
-            None => {
-                if let (ConnEvent::Revoke { session_id }, Some(reply)) =
-                    (&control.event, reply_of(&control))
-                {
-                    let body = RevokeReply {
-                        session_id: session_id.clone(),
-                        accepted: 0,
-                    };
-                    if let Ok(bytes) = serde_json::to_vec(&body) {
-                        let _ = nats.publish(reply, bytes.into()).await;
-                    }
-                }
-            }
-        }
+        let reply = msg.reply.clone().map(|subject| ReplyTo::Nats {
+            client: nats.clone(),
+            subject,
+        });
+        registry.deliver(conn_id, Control { event, reply }).await;
     }
     Ok(())
-}
-
-fn reply_of(control: &Control) -> Option<Subject> {
-    control.reply.clone()
 }

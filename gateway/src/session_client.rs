@@ -1,9 +1,11 @@
-//! Requests from the gateway to the session service, bounded in time and retried.
+//! [`SessionApi`] over NATS: requests from the gateway to the session service, bounded in
+//! time and retried.
 //!
 //! Every operation is idempotent on the service side (starts carry a requestId, counts are
 //! cumulative), so a request that got no answer is simply sent again until the request timeout
 //! runs out; then the caller answers `SERVICE_UNAVAILABLE`. Nothing here ever waits unbounded.
 
+use crate::backend::{ServiceResult, SessionApi};
 use amr_proto::internal::{
     ActivityOk, ActivityRequest, ClaimOk, ClaimRequest, DisconnectOk, DisconnectRequest, EndOk,
     EndRequest, Reply, ServiceError, StartOk, StartRequest,
@@ -11,6 +13,8 @@ use amr_proto::internal::{
 use amr_proto::subjects::{ops, Subjects};
 use amr_proto::ErrorCode;
 use async_nats::{Client, RequestErrorKind};
+use futures_util::future::BoxFuture;
+use futures_util::FutureExt;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::time::Duration;
@@ -33,26 +37,6 @@ impl SessionClient {
             subjects,
             timeout,
         }
-    }
-
-    pub async fn start(&self, req: &StartRequest) -> Result<StartOk, ServiceError> {
-        self.call(ops::START, req).await
-    }
-
-    pub async fn end(&self, req: &EndRequest) -> Result<EndOk, ServiceError> {
-        self.call(ops::END, req).await
-    }
-
-    pub async fn claim(&self, req: &ClaimRequest) -> Result<ClaimOk, ServiceError> {
-        self.call(ops::CLAIM, req).await
-    }
-
-    pub async fn disconnect(&self, req: &DisconnectRequest) -> Result<DisconnectOk, ServiceError> {
-        self.call(ops::DISCONNECT, req).await
-    }
-
-    pub async fn activity(&self, req: &ActivityRequest) -> Result<ActivityOk, ServiceError> {
-        self.call(ops::ACTIVITY, req).await
     }
 
     async fn call<Req: Serialize, Resp: DeserializeOwned>(
@@ -119,6 +103,34 @@ impl SessionClient {
         metrics::counter!("amr_gateway_session_ops_total", "op" => op.to_owned(), "result" => outcome)
             .increment(1);
         result
+    }
+}
+
+impl SessionApi for SessionClient {
+    fn start<'a>(&'a self, req: &'a StartRequest) -> BoxFuture<'a, ServiceResult<StartOk>> {
+        self.call(ops::START, req).boxed()
+    }
+
+    fn end<'a>(&'a self, req: &'a EndRequest) -> BoxFuture<'a, ServiceResult<EndOk>> {
+        self.call(ops::END, req).boxed()
+    }
+
+    fn claim<'a>(&'a self, req: &'a ClaimRequest) -> BoxFuture<'a, ServiceResult<ClaimOk>> {
+        self.call(ops::CLAIM, req).boxed()
+    }
+
+    fn disconnect<'a>(
+        &'a self,
+        req: &'a DisconnectRequest,
+    ) -> BoxFuture<'a, ServiceResult<DisconnectOk>> {
+        self.call(ops::DISCONNECT, req).boxed()
+    }
+
+    fn activity<'a>(
+        &'a self,
+        req: &'a ActivityRequest,
+    ) -> BoxFuture<'a, ServiceResult<ActivityOk>> {
+        self.call(ops::ACTIVITY, req).boxed()
     }
 }
 

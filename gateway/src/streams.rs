@@ -25,7 +25,21 @@ pub async fn ensure_sensor_stream(nats: &async_nats::Client, config: &Config, su
     let mut delay = Duration::from_millis(100);
     loop {
         match js.get_or_create_stream(stream_config.clone()).await {
-            Ok(_) => {
+            Ok(existing) => {
+                let wanted = subjects.sensor_all();
+                let mut current = existing.cached_info().config.clone();
+                if !current.subjects.contains(&wanted) {
+                    // A stream made for another prefix: extend it rather than lose our data.
+                    current.subjects.push(wanted.clone());
+                    match js.update_stream(current).await {
+                        Ok(_) => {
+                            tracing::warn!(stream = SENSOR_STREAM, subject = %wanted, "added our subject to an existing stream")
+                        }
+                        Err(e) => {
+                            tracing::error!(stream = SENSOR_STREAM, subject = %wanted, error = %e, "existing stream lacks our subject; sensor data will not be stored")
+                        }
+                    }
+                }
                 tracing::info!(stream = SENSOR_STREAM, "sensor stream ready");
                 return;
             }

@@ -27,6 +27,14 @@ pub mod field {
     pub const DEADLINE: &str = "deadline";
     /// Monotonic version, bumped by every change (compare-and-set).
     pub const VERSION: &str = "version";
+    /// Prefix of the per-connection count fields, see [`accepted`].
+    pub const ACCEPTED_PREFIX: &str = "accepted:";
+
+    /// Field holding the highest cumulative `accepted` the connection `owner` (its subject)
+    /// reported for the session; `dataCount` is the sum of these fields.
+    pub fn accepted(owner: &str) -> String {
+        format!("{ACCEPTED_PREFIX}{owner}")
+    }
 }
 
 pub const DEFAULT_PREFIX: &str = "amr";

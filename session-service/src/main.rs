@@ -1,1 +1,16 @@
-fn main() {}
+//! `amr-session-service`: see the library documentation.
+
+use clap::Parser;
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let config = amr_session_service::config::Config::parse();
+    amr_session_service::init_tracing(config.log_format);
+    match amr_session_service::run(config).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

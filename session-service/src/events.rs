@@ -1,0 +1,106 @@
+//! Lifecycle events (`created`, `ended`): published once per session, by whoever committed
+//! the transition, through JetStream with a `Nats-Msg-Id` so that the stream keeps one copy.
+
+use amr_proto::events::{SessionCreatedEvent, SessionEndedEvent};
+use amr_proto::headers;
+use amr_proto::subjects::{Subjects, EVENT_CREATED, EVENT_ENDED, SESSIONS_STREAM};
+use async_nats::jetstream;
+use async_nats::jetstream::message::PublishMessage;
+use serde::Serialize;
+use std::time::Duration;
+use tracing::{info, warn};
+
+#[derive(Clone)]
+pub struct Events {
+    js: jetstream::Context,
+    subjects: Subjects,
+    timeout: Duration,
+}
+
+impl Events {
+    pub fn new(client: async_nats::Client, subjects: Subjects, timeout: Duration) -> Events {
+        Events {
+            js: jetstream::new(client),
+            subjects,
+            timeout,
+        }
+    }
+
+    /// Makes sure the `AMR_SESSIONS` stream exists and captures this prefix's events.
+    pub async fn ensure_stream(&self, max_age: Duration) -> Result<(), String> {
+        let filter = self.subjects.session_all();
+        let config = jetstream::stream::Config {
+            name: SESSIONS_STREAM.to_string(),
+            subjects: vec![filter.clone()],
+            max_age,
+            ..Default::default()
+        };
+        let work = async {
+            let mut stream = self
+                .js
+                .get_or_create_stream(config)
+                .await
+                .map_err(|e| e.to_string())?;
+            let info = stream.info().await.map_err(|e| e.to_string())?;
+            if !info.config.subjects.contains(&filter) {
+                // Another prefix created it on this server: add ours rather than lose events.
+                let mut config = info.config.clone();
+                config.subjects.push(filter.clone());
+                self.js
+                    .update_stream(config)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                info!(stream = SESSIONS_STREAM, subject = %filter, "added subject to stream");
+            }
+            Ok(())
+        };
+        tokio::time::timeout(self.timeout * 5, work)
+            .await
+            .map_err(|_| "timed out ensuring the sessions stream".to_string())?
+    }
+
+    pub async fn created(&self, event: &SessionCreatedEvent) {
+        self.publish(&event.device_id, &event.session_id, EVENT_CREATED, event)
+            .await;
+    }
+
+    pub async fn ended(&self, event: &SessionEndedEvent) {
+        self.publish(&event.device_id, &event.session_id, EVENT_ENDED, event)
+            .await;
+    }
+
+    /// Publishes once and waits for the stream's ack; never retried, so that a core NATS
+    /// subscriber sees the event exactly once.
+    async fn publish<T: Serialize>(
+        &self,
+        device_id: &str,
+        session_id: &str,
+        kind: &str,
+        event: &T,
+    ) {
+        let payload = match serde_json::to_vec(event) {
+            Ok(p) => p,
+            Err(e) => {
+                warn!(session_id, kind, error = %e, "could not encode lifecycle event");
+                return;
+            }
+        };
+        let subject = self.subjects.session_event(device_id, kind);
+        let message = PublishMessage::build()
+            .payload(payload.into())
+            .message_id(headers::lifecycle_msg_id(session_id, kind));
+        let sent = async {
+            let ack = self
+                .js
+                .send_publish(subject, message)
+                .await
+                .map_err(|e| e.to_string())?;
+            ack.await.map_err(|e| e.to_string())
+        };
+        match tokio::time::timeout(self.timeout, sent).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => warn!(session_id, kind, error = %e, "lifecycle event not acknowledged"),
+            Err(_) => warn!(session_id, kind, "lifecycle event publish timed out"),
+        }
+    }
+}

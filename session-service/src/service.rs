@@ -1,0 +1,192 @@
+//! The NATS Services API face of the engine: one endpoint per `subjects::ops` name, in the
+//! queue group of the service, JSON requests of `amr_proto::internal`, `Reply<T>` answers.
+
+use crate::engine::Engine;
+use crate::store::SessionStore;
+use amr_proto::internal::{
+    ActivityRequest, ClaimRequest, DisconnectRequest, EndRequest, Reply, ServiceError, StartRequest,
+};
+use amr_proto::subjects::{ops, Subjects, SERVICE_NAME};
+use amr_proto::ErrorCode;
+use async_nats::service::ServiceExt;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinSet;
+use tracing::{debug, info, warn};
+
+/// Requests handled at once by one replica; more wait in the subscription.
+pub const MAX_IN_FLIGHT: usize = 512;
+
+/// The running endpoints; [`ServiceHandle::shutdown`] stops taking requests and lets the
+/// in-flight ones finish.
+pub struct ServiceHandle {
+    service: async_nats::service::Service,
+    stop: watch::Sender<bool>,
+    loops: JoinSet<()>,
+    in_flight: Arc<Semaphore>,
+}
+
+pub async fn start<S: SessionStore>(
+    client: &async_nats::Client,
+    engine: Arc<Engine<S>>,
+    subjects: &Subjects,
+    timeout: Duration,
+) -> Result<ServiceHandle, async_nats::Error> {
+    let service = client
+        .service_builder()
+        .description("AMR Bridge session service: every decision about sessions")
+        .start(SERVICE_NAME, env!("CARGO_PKG_VERSION"))
+        .await?;
+    let group = service.group(subjects.service_group());
+    let (stop, stopped) = watch::channel(false);
+    let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+    let mut loops = JoinSet::new();
+    for op in ops::ALL {
+        let mut endpoint = group.endpoint(op).await?;
+        let engine = engine.clone();
+        let in_flight = in_flight.clone();
+        let mut stopped = stopped.clone();
+        loops.spawn(async move {
+            loop {
+                let request = tokio::select! {
+                    r = endpoint.next() => r,
+                    _ = stopped.wait_for(|s| *s) => None,
+                };
+                let Some(request) = request else { break };
+                let Ok(permit) = in_flight.clone().acquire_owned().await else {
+                    break;
+                };
+                let engine = engine.clone();
+                tokio::spawn(async move {
+                    let reply = answer(engine, op, request.message.payload.clone(), timeout).await;
+                    if let Err(e) = request.respond(Ok(reply)).await {
+                        warn!(op, error = %e, "could not send reply");
+                    }
+                    drop(permit);
+                });
+            }
+            debug!(op, "endpoint stopped");
+        });
+    }
+    info!(group = %subjects.service_group(), "session service endpoints started");
+    Ok(ServiceHandle {
+        service,
+        stop,
+        loops,
+        in_flight,
+    })
+}
+
+impl ServiceHandle {
+    /// Stops taking requests, then waits (at most `grace`) for the in-flight ones.
+    pub async fn shutdown(mut self, grace: Duration) {
+        let _ = self.stop.send(true);
+        if let Err(e) = self.service.stop().await {
+            warn!(error = %e, "stopping the service");
+        }
+        while self.loops.join_next().await.is_some() {}
+        let all = u32::try_from(MAX_IN_FLIGHT).unwrap_or(u32::MAX);
+        match tokio::time::timeout(grace, self.in_flight.acquire_many(all)).await {
+            Ok(_) => info!("in-flight requests finished"),
+            Err(_) => warn!("in-flight requests still running at shutdown"),
+        }
+    }
+}
+
+/// Handles one request within `timeout`. The work runs in its own task: if the deadline
+/// passes, the caller gets SERVICE_UNAVAILABLE (and retries idempotently) while the work
+/// still completes, so a committed change always gets its events published.
+async fn answer<S: SessionStore>(
+    engine: Arc<Engine<S>>,
+    op: &'static str,
+    payload: Bytes,
+    timeout: Duration,
+) -> Bytes {
+    let began = Instant::now();
+    let work = tokio::spawn(async move { dispatch(&engine, op, &payload).await });
+    let (reply, result) = match tokio::time::timeout(timeout, work).await {
+        Ok(Ok(done)) => done,
+        Ok(Err(e)) => {
+            warn!(op, error = %e, "request handler failed");
+            error_reply(ServiceError::new(
+                ErrorCode::InternalError,
+                "internal error",
+            ))
+        }
+        Err(_) => error_reply(ServiceError::new(
+            ErrorCode::ServiceUnavailable,
+            "the session service did not finish in time",
+        )),
+    };
+    metrics::counter!("amr_session_ops_total", "op" => op, "result" => result).increment(1);
+    metrics::histogram!("amr_session_op_duration_seconds", "op" => op)
+        .record(began.elapsed().as_secs_f64());
+    reply
+}
+
+async fn dispatch<S: SessionStore>(
+    engine: &Engine<S>,
+    op: &'static str,
+    payload: &[u8],
+) -> (Bytes, &'static str) {
+    match op {
+        ops::START => match parse::<StartRequest>(payload) {
+            Ok(r) => encode(engine.start(&r).await),
+            Err(e) => error_reply(e),
+        },
+        ops::END => match parse::<EndRequest>(payload) {
+            Ok(r) => encode(engine.end(&r).await),
+            Err(e) => error_reply(e),
+        },
+        ops::CLAIM => match parse::<ClaimRequest>(payload) {
+            Ok(r) => encode(engine.claim(&r).await),
+            Err(e) => error_reply(e),
+        },
+        ops::DISCONNECT => match parse::<DisconnectRequest>(payload) {
+            Ok(r) => encode(engine.disconnect(&r).await),
+            Err(e) => error_reply(e),
+        },
+        ops::ACTIVITY => match parse::<ActivityRequest>(payload) {
+            Ok(r) => encode(engine.activity(&r).await),
+            Err(e) => error_reply(e),
+        },
+        _ => error_reply(ServiceError::new(
+            ErrorCode::UnknownType,
+            "unknown operation",
+        )),
+    }
+}
+
+fn parse<T: DeserializeOwned>(payload: &[u8]) -> Result<T, ServiceError> {
+    serde_json::from_slice(payload).map_err(|e| {
+        ServiceError::new(ErrorCode::InvalidMessage, format!("malformed request: {e}"))
+    })
+}
+
+/// The reply body and the result label of the metrics (`ok` or the error code).
+fn encode<T: Serialize>(result: Result<T, ServiceError>) -> (Bytes, &'static str) {
+    match result {
+        Ok(v) => match serde_json::to_vec(&Reply::<T>::Ok(v)) {
+            Ok(body) => (body.into(), "ok"),
+            Err(_) => error_reply(ServiceError::new(
+                ErrorCode::InternalError,
+                "encoding failed",
+            )),
+        },
+        Err(e) => error_reply(e),
+    }
+}
+
+fn error_reply(e: ServiceError) -> (Bytes, &'static str) {
+    let label = e.code.as_str();
+    // A reply of plain strings always encodes; the fallback keeps this free of panics.
+    let body = serde_json::to_vec(&Reply::<()>::Error(e)).unwrap_or_else(|_| {
+        br#"{"error":{"code":"INTERNAL_ERROR","message":"encoding failed"}}"#.to_vec()
+    });
+    (body.into(), label)
+}

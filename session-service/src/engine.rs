@@ -1,15 +1,16 @@
 //! Runs the decisions of `machine.rs` against the store and the connections: snapshot,
 //! decide, revoke or commit, retry on conflict; then perform the effects of what committed.
 
-use crate::events::Events;
+use crate::events::Lifecycle;
 use crate::machine::{self, Decision, Effect, Expiry, Revoked, Settings, Snapshot};
-use crate::owners::Owners;
+use crate::owners::Connections;
 use crate::store::{CommitOutcome, SessionStore, SnapshotQuery, StoreError};
 use amr_proto::internal::{
     ActivityOk, ActivityRequest, ClaimOk, ClaimRequest, DisconnectOk, DisconnectRequest, EndOk,
     EndRequest, ServiceError, StartOk, StartRequest,
 };
 use amr_proto::{ids, now_ms, ErrorCode};
+use std::sync::Arc;
 use tracing::{debug, warn};
 
 /// Snapshot/decide/commit rounds (revocations included) before giving up on contention.
@@ -18,8 +19,8 @@ const MAX_ROUNDS: usize = 16;
 #[derive(Clone)]
 pub struct Engine<S> {
     store: S,
-    owners: Owners,
-    events: Events,
+    owners: Arc<dyn Connections>,
+    events: Arc<dyn Lifecycle>,
     settings: Settings,
 }
 
@@ -53,7 +54,12 @@ fn session_ids<'a>(candidates: impl IntoIterator<Item = Option<&'a String>>) -> 
 }
 
 impl<S: SessionStore> Engine<S> {
-    pub fn new(store: S, owners: Owners, events: Events, settings: Settings) -> Engine<S> {
+    pub fn new(
+        store: S,
+        owners: Arc<dyn Connections>,
+        events: Arc<dyn Lifecycle>,
+        settings: Settings,
+    ) -> Engine<S> {
         Engine {
             store,
             owners,

@@ -1,14 +1,24 @@
 //! Lifecycle events (`created`, `ended`): published once per session, by whoever committed
-//! the transition, through JetStream with a `Nats-Msg-Id` so that the stream keeps one copy.
+//! the transition. [`Lifecycle`] is what the engine needs; [`Events`] publishes through
+//! JetStream with a `Nats-Msg-Id` so that the stream keeps one copy (the embedded mode writes
+//! a session index file instead).
 
 use amr_proto::events::{SessionCreatedEvent, SessionEndedEvent};
 use amr_proto::headers;
 use amr_proto::subjects::{Subjects, EVENT_CREATED, EVENT_ENDED, SESSIONS_STREAM};
 use async_nats::jetstream;
 use async_nats::jetstream::message::PublishMessage;
+use futures_util::future::BoxFuture;
+use futures_util::FutureExt;
 use serde::Serialize;
 use std::time::Duration;
 use tracing::{info, warn};
+
+/// Where lifecycle events go.
+pub trait Lifecycle: Send + Sync + 'static {
+    fn created<'a>(&'a self, event: &'a SessionCreatedEvent) -> BoxFuture<'a, ()>;
+    fn ended<'a>(&'a self, event: &'a SessionEndedEvent) -> BoxFuture<'a, ()>;
+}
 
 #[derive(Clone)]
 pub struct Events {
@@ -59,16 +69,6 @@ impl Events {
             .map_err(|_| "timed out ensuring the sessions stream".to_string())?
     }
 
-    pub async fn created(&self, event: &SessionCreatedEvent) {
-        self.publish(&event.device_id, &event.session_id, EVENT_CREATED, event)
-            .await;
-    }
-
-    pub async fn ended(&self, event: &SessionEndedEvent) {
-        self.publish(&event.device_id, &event.session_id, EVENT_ENDED, event)
-            .await;
-    }
-
     /// Publishes once and waits for the stream's ack; never retried, so that a core NATS
     /// subscriber sees the event exactly once.
     async fn publish<T: Serialize>(
@@ -102,5 +102,17 @@ impl Events {
             Ok(Err(e)) => warn!(session_id, kind, error = %e, "lifecycle event not acknowledged"),
             Err(_) => warn!(session_id, kind, "lifecycle event publish timed out"),
         }
+    }
+}
+
+impl Lifecycle for Events {
+    fn created<'a>(&'a self, event: &'a SessionCreatedEvent) -> BoxFuture<'a, ()> {
+        self.publish(&event.device_id, &event.session_id, EVENT_CREATED, event)
+            .boxed()
+    }
+
+    fn ended<'a>(&'a self, event: &'a SessionEndedEvent) -> BoxFuture<'a, ()> {
+        self.publish(&event.device_id, &event.session_id, EVENT_ENDED, event)
+            .boxed()
     }
 }

@@ -32,9 +32,17 @@ pub fn router<S: SessionStore>(state: AppState<S>) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz::<S>))
         .route("/metrics", get(metrics::<S>))
+        .with_state(state.clone())
+        .merge(api_routes(state.store))
+}
+
+/// The session records API (`/api/sessions`, `/api/sessions/{id}`) over any store; the
+/// embedded mode serves it on the gateway's HTTP port.
+pub fn api_routes<S: SessionStore>(store: S) -> Router {
+    Router::new()
         .route("/api/sessions", get(list::<S>))
         .route("/api/sessions/{id}", get(one::<S>))
-        .with_state(state)
+        .with_state(store)
 }
 
 async fn readyz<S: SessionStore>(State(st): State<AppState<S>>) -> Response {
@@ -103,21 +111,21 @@ fn list_query(params: &HashMap<String, String>) -> Result<ListQuery, &'static st
 }
 
 async fn list<S: SessionStore>(
-    State(st): State<AppState<S>>,
+    State(store): State<S>,
     Query(params): Query<HashMap<String, String>>,
 ) -> Response {
     let query = match list_query(&params) {
         Ok(q) => q,
         Err(message) => return bad_request(message),
     };
-    match st.store.list(&query).await {
+    match store.list(&query).await {
         Ok(page) => Json(page).into_response(),
         Err(e) => store_failure(e),
     }
 }
 
-async fn one<S: SessionStore>(State(st): State<AppState<S>>, Path(id): Path<String>) -> Response {
-    match st.store.get(&id).await {
+async fn one<S: SessionStore>(State(store): State<S>, Path(id): Path<String>) -> Response {
+    match store.get(&id).await {
         Ok(Some(s)) => Json(s.record()).into_response(),
         Ok(None) => error(
             StatusCode::NOT_FOUND,

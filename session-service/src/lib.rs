@@ -23,6 +23,7 @@ pub mod engine;
 pub mod events;
 pub mod http;
 pub mod machine;
+pub mod memory_store;
 pub mod owners;
 pub mod redis_store;
 pub mod service;
@@ -36,7 +37,7 @@ use crate::owners::Owners;
 use crate::redis_store::RedisStore;
 use amr_proto::keys::Keys;
 use amr_proto::subjects::Subjects;
-use metrics_exporter_prometheus::PrometheusBuilder;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -133,8 +134,18 @@ pub async fn run(config: Config) -> Result<(), String> {
     let metrics = PrometheusBuilder::new()
         .install_recorder()
         .map_err(|e| format!("metrics recorder: {e}"))?;
+    serve(config, metrics, shutdown_signal()).await
+}
+
+/// Like [`run`], with the process's metrics recorder and the shutdown trigger given (so that
+/// `amr-bridge` can run it beside a gateway in one process).
+pub async fn serve(
+    config: Config,
+    metrics: PrometheusHandle,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), String> {
     let (draining_tx, draining) = watch::channel(false);
-    let signal = shutdown_signal();
+    let signal = shutdown;
     tokio::pin!(signal);
 
     let subjects = Subjects::new(config.subject_prefix.clone());
@@ -163,8 +174,8 @@ pub async fn run(config: Config) -> Result<(), String> {
     let owners = Owners::new(nats.clone(), subjects.clone(), config.request_timeout / 4);
     let engine = Arc::new(Engine::new(
         store.clone(),
-        owners,
-        events,
+        Arc::new(owners),
+        Arc::new(events),
         config.settings(),
     ));
 

@@ -1,4 +1,5 @@
-//! Talking to the gateway connections that hold sessions, over NATS.
+//! Talking to the gateway connections that hold sessions: the [`Connections`] interface the
+//! engine uses, and its NATS implementation (the embedded mode has an in-process one).
 
 use crate::machine::RevokedCount;
 use amr_proto::events::SessionEndedEvent;
@@ -7,8 +8,25 @@ use amr_proto::internal::{ConnEvent, RevokeReply};
 use amr_proto::subjects::{Subjects, SENSOR_STREAM};
 use async_nats::jetstream;
 use async_nats::jetstream::stream::LastRawMessageErrorKind;
+use futures_util::future::BoxFuture;
+use futures_util::FutureExt;
 use std::time::Duration;
 use tracing::{debug, warn};
+
+/// What the engine needs from the connections holding sessions.
+pub trait Connections: Send + Sync + 'static {
+    /// Asks the connection `owner` to stop accepting data for the session and to answer its
+    /// cumulative count; when it cannot answer, the best other source of the count.
+    fn revoke<'a>(
+        &'a self,
+        device_id: &'a str,
+        session_id: &'a str,
+        owner: &'a str,
+    ) -> BoxFuture<'a, RevokedCount>;
+
+    /// Tells a connection that its session ended on someone else's behalf (fire and forget).
+    fn push_ended<'a>(&'a self, owner: &'a str, event: &'a SessionEndedEvent) -> BoxFuture<'a, ()>;
+}
 
 #[derive(Clone)]
 pub struct Owners {
@@ -32,7 +50,12 @@ impl Owners {
     /// Asks the connection `owner` to stop accepting data for the session and to hand over
     /// the samples it has not reported. If it cannot answer (gone, or its gateway is), the
     /// last message of the session's sensor subject tells the total instead.
-    pub async fn revoke(&self, device_id: &str, session_id: &str, owner: &str) -> RevokedCount {
+    async fn revoke_over_nats(
+        &self,
+        device_id: &str,
+        session_id: &str,
+        owner: &str,
+    ) -> RevokedCount {
         let event = ConnEvent::Revoke {
             session_id: session_id.to_string(),
         };
@@ -90,8 +113,7 @@ impl Owners {
         )
     }
 
-    /// Tells a connection that its session ended (fire-and-forget).
-    pub async fn push_ended(&self, owner: &str, event: &SessionEndedEvent) {
+    async fn push_ended_over_nats(&self, owner: &str, event: &SessionEndedEvent) {
         let payload = match serde_json::to_vec(&ConnEvent::SessionEnded(event.clone())) {
             Ok(p) => p,
             Err(_) => return,
@@ -104,5 +126,20 @@ impl Owners {
         if !matches!(sent, Ok(Ok(()))) {
             warn!(owner, session_id = %event.session_id, "could not push session_ended");
         }
+    }
+}
+
+impl Connections for Owners {
+    fn revoke<'a>(
+        &'a self,
+        device_id: &'a str,
+        session_id: &'a str,
+        owner: &'a str,
+    ) -> BoxFuture<'a, RevokedCount> {
+        self.revoke_over_nats(device_id, session_id, owner).boxed()
+    }
+
+    fn push_ended<'a>(&'a self, owner: &'a str, event: &'a SessionEndedEvent) -> BoxFuture<'a, ()> {
+        self.push_ended_over_nats(owner, event).boxed()
     }
 }

@@ -1,0 +1,1 @@
+//! In-memory [`crate::store::SessionStore`] for the embedded single-process mode.

@@ -23,11 +23,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// How long a `(deviceId, requestId)` is remembered (protocol: 60 s).
-const REQUEST_MEMORY_MS: i64 = 60_000;
+pub(crate) const REQUEST_MEMORY_MS: i64 = 60_000;
 /// Index entries examined per round trip when listing.
-const LIST_BATCH: usize = 200;
+pub(crate) const LIST_BATCH: usize = 200;
 /// Round trips one listing may take before it returns what it has (with a cursor).
-const LIST_MAX_BATCHES: usize = 20;
+pub(crate) const LIST_MAX_BATCHES: usize = 20;
 
 /// Reads the device's active pointer, the request key, and every row they or the query name.
 /// The rows' keys depend on the pointers' values, so they are built here from the session key
@@ -442,7 +442,7 @@ struct RawSnapshot {
 }
 
 /// A listing position: the index score and member of the last entry examined.
-fn parse_cursor(cursor: &str) -> Option<(i64, String)> {
+pub(crate) fn parse_cursor(cursor: &str) -> Option<(i64, String)> {
     let (score, member) = cursor.split_once(':')?;
     let score = score.parse().ok()?;
     ids::is_valid_session_id(member).then(|| (score, member.to_string()))

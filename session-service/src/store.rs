@@ -99,3 +99,6 @@ pub trait SessionStore: Clone + Send + Sync + 'static {
     /// True when the store answers.
     fn ping(&self) -> impl Future<Output = bool> + Send;
 }
+
+#[cfg(test)]
+pub(crate) mod conformance;

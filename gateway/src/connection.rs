@@ -52,10 +52,10 @@ struct Current {
     accepted: u64,
     /// `accepted` as last reported to the session service.
     reported: u64,
-    /// Session-wide count when this connection took the session (for `Amr-Data-Count`).
-    base: u64,
-    /// `accepted` when this connection took the session.
-    accepted_at_take: u64,
+    /// The session-wide running count stamped on the last published message
+    /// (`Amr-Data-Count`): the session's count when this connection took it, plus every sample
+    /// published since (with or without `seq`, before any ack).
+    stamped: u64,
     /// Legacy provisional id, not known to the session service until the first data.
     provisional: bool,
     /// False after a revocation: the next message must claim the session again.
@@ -69,16 +69,11 @@ impl Current {
             id,
             accepted: 0,
             reported: 0,
-            base: 0,
-            accepted_at_take: 0,
+            stamped: 0,
             provisional,
             held: !provisional,
             trace: TraceIds::new(),
         }
-    }
-
-    fn data_count(&self) -> u64 {
-        self.base + (self.accepted - self.accepted_at_take)
     }
 }
 
@@ -582,10 +577,14 @@ impl Connection {
         let stamp = Stamp {
             device_id: &device,
             session_id: &current.id,
-            data_count: current.data_count() + sensor.samples,
+            data_count: current.stamped + sensor.samples,
             traceparent: &traceparent,
         };
-        match self.shared.sink.publish(&sensor, &stamp, raw).await {
+        let published = self.shared.sink.publish(&sensor, &stamp, raw).await;
+        if published.is_ok() {
+            current.stamped += sensor.samples;
+        }
+        match published {
             Ok(Published::Sent) => {
                 current.accepted += sensor.samples;
                 metrics::counter!("amr_gateway_sensor_samples_total").increment(sensor.samples);
@@ -699,8 +698,7 @@ impl Connection {
                 };
                 taken.held = true;
                 taken.provisional = false;
-                taken.base = ok.data_count;
-                taken.accepted_at_take = taken.accepted;
+                taken.stamped = ok.data_count;
                 tracing::info!(conn = %self.conn_id, device, session = %ok.session_id, "session taken over by this connection");
                 self.current = Some(taken);
                 Ok(())

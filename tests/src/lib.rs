@@ -1,1 +1,54 @@
-//! stub
+//! End-to-end test harness of AMR Bridge.
+//!
+//! Every test starts its own world: a `nats-server` (JetStream) and a `redis-server` on free
+//! loopback ports with their data in a temporary directory, then the binaries under test
+//! (`amr-session-service`, `amr-gateway`) on free ports, and speaks to them exactly as clients
+//! and downstream consumers do. Nothing here touches the system services on 4222/6379, so tests
+//! run in parallel and leave nothing behind (children are killed on drop, even on panic).
+//!
+//! - [`servers`]: `NatsServer`, `RedisServer` (start, kill, stop, restart on the same port/data).
+//! - [`stack`]: `Stack` = servers + N services + M gateways, built with [`stack::StackBuilder`].
+//! - [`client`]: `WsClient`, a WebSocket client speaking the wire contract.
+//! - [`msg`]: builders of client messages (JSON values).
+//! - [`jetstream`]: reading sessions back from `AMR_SENSOR`, and lifecycle events on core NATS.
+//! - [`http`]: a tiny HTTP/1.1 GET client for `/healthz`, `/readyz`, `/metrics`, `/api/sessions`.
+//! - [`wait`]: wait-for-condition with a timeout (never a bare sleep as synchronisation).
+//! - [`checks`]: shared assertions (error code + `ref`, traceparent shape).
+//! - [`process`], [`binaries`]: child processes with captured logs; the product binaries,
+//!   built once per test process with cargo so that no test runs a stale binary.
+//!
+//! Test files (`tests/tests/`): `session_protocol`, `sensor_data`, `errors`, `legacy`,
+//! `idle_disconnect`, `http_endpoints`, `faults`, and `harness_smoke` (the harness alone).
+//! Debugging: `AMR_TEST_KEEP=1` keeps each stack's directory (logs, stores);
+//! `AMR_TEST_RUST_LOG=debug` sets the children's `RUST_LOG` (default `info`).
+//!
+//! Timeouts here are generous upper bounds for *waiting*; no test asserts on durations.
+
+pub mod binaries;
+pub mod checks;
+pub mod client;
+pub mod http;
+pub mod jetstream;
+pub mod msg;
+pub mod process;
+pub mod servers;
+pub mod stack;
+pub mod wait;
+
+pub use client::WsClient;
+pub use stack::{Mode, Stack, StackBuilder};
+
+use std::time::Duration;
+
+/// Upper bound for one expected server message.
+pub const RECV_TIMEOUT: Duration = Duration::from_secs(10);
+/// Upper bound for a condition that needs several round trips (events, counts, records).
+pub const WAIT_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// A device id unique within this test process (tests of one binary share nothing, but unique
+/// ids make logs readable and keep any accidental sharing visible).
+pub fn unique_device(tag: &str) -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    format!("{tag}_{}", N.fetch_add(1, Ordering::Relaxed))
+}

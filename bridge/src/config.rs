@@ -57,6 +57,7 @@ impl BridgeConfig {
             disconnect_grace: self.disconnect_grace,
             drain_grace: self.drain_grace,
             request_timeout: g.request_timeout,
+            gateway_lost_after: g.gateway_lost_after,
             sessions_max_age: self.sessions_max_age,
             log_format: match g.log_format {
                 GatewayLogFormat::Text => SessionLogFormat::Text,

@@ -73,7 +73,7 @@ impl Connections for LocalConnections {
                 return RevokedCount::StreamTotal(None);
             };
             let (tx, rx) = oneshot::channel();
-            let control = Control {
+            let control = Control::Pushed {
                 event: ConnEvent::Revoke {
                     session_id: session_id.to_owned(),
                 },
@@ -95,7 +95,7 @@ impl Connections for LocalConnections {
     fn push_ended<'a>(&'a self, owner: &'a str, event: &'a SessionEndedEvent) -> BoxFuture<'a, ()> {
         async move {
             if let Some(conn_id) = self.subjects.conn_id_of(owner) {
-                let control = Control {
+                let control = Control::Pushed {
                     event: ConnEvent::SessionEnded(event.clone()),
                     reply: None,
                 };
@@ -164,6 +164,8 @@ pub fn assemble(
         engine.clone(),
         session.sweep_interval(),
         lease,
+        // One process: the gateway cannot be lost apart from its sessions.
+        None,
         stop,
     ));
     let backend = Backend {

@@ -9,6 +9,15 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("invalid duration '{s}': {e}"))
 }
 
+/// `AMR_GATEWAY_LOST_AFTER`: at least 100 ms (heartbeats go every third of it).
+fn parse_lost_after(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d < Duration::from_millis(100) {
+        return Err(format!("'{s}' is too short: at least 100ms"));
+    }
+    Ok(d)
+}
+
 fn parse_prefix(s: &str) -> Result<String, String> {
     if amr_proto::subjects::is_valid_prefix(s) {
         Ok(s.to_owned())
@@ -72,6 +81,10 @@ pub struct Config {
     /// Bound on every session operation, retries included; then SERVICE_UNAVAILABLE.
     #[arg(long, env = "AMR_REQUEST_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
     pub request_timeout: Duration,
+    /// The session service ends the sessions of a gateway silent this long (`gateway_lost`);
+    /// heartbeats go every third of it (must match the session service's).
+    #[arg(long, env = "AMR_GATEWAY_LOST_AFTER", default_value = "30s", value_parser = parse_lost_after)]
+    pub gateway_lost_after: Duration,
     /// Interval of WebSocket pings to each client.
     #[arg(long, env = "AMR_PING_INTERVAL", default_value = "20s", value_parser = parse_duration)]
     pub ping_interval: Duration,
@@ -122,5 +135,27 @@ impl Config {
     /// session with data flowing is never ended for idleness, at most every 5 s.
     pub fn activity_interval(&self) -> Duration {
         (self.session_idle_timeout / 4).clamp(Duration::from_millis(50), Duration::from_secs(5))
+    }
+
+    /// How often the gateway tells the session service it is alive: a third of
+    /// `AMR_GATEWAY_LOST_AFTER`, so that a lost heartbeat or two never ends its sessions.
+    pub fn heartbeat_interval(&self) -> Duration {
+        self.gateway_lost_after / 3
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gateway_lost_after() {
+        let c = Config::try_parse_from(["amr-gateway"]).unwrap();
+        assert_eq!(c.gateway_lost_after, Duration::from_secs(30));
+        assert_eq!(c.heartbeat_interval(), Duration::from_secs(10));
+        let c = Config::try_parse_from(["x", "--gateway-lost-after", "3s"]).unwrap();
+        assert_eq!(c.heartbeat_interval(), Duration::from_secs(1));
+        assert!(Config::try_parse_from(["x", "--gateway-lost-after", "0s"]).is_err());
+        assert!(Config::try_parse_from(["x", "--gateway-lost-after", "soon"]).is_err());
     }
 }

@@ -12,6 +12,7 @@ use crate::forward::TraceIds;
 use crate::registry::Control;
 use crate::Shared;
 use amr_proto::client::{self, ClientMessage, SensorKind, SensorMessage};
+use amr_proto::events::SessionEndedEvent;
 use amr_proto::internal::{
     ActivityRequest, ClaimRequest, ConnEvent, CountReport, DisconnectRequest, EndRequest,
     RevokeReply, ServiceError, StartRequest,
@@ -118,6 +119,8 @@ pub struct Connection {
     device: Option<String>,
     current: Option<Current>,
     recent: VecDeque<Recent>,
+    /// Ends pushed for sessions that were not current yet (see `apply_early_end`).
+    early_ends: VecDeque<SessionEndedEvent>,
     coalesce: Option<Coalesce>,
     last_seen: Instant,
     /// JetStream publishes awaiting their ack, in the order they were sent.
@@ -140,6 +143,7 @@ impl Connection {
             device: None,
             current: None,
             recent: VecDeque::new(),
+            early_ends: VecDeque::new(),
             coalesce: None,
             last_seen: Instant::now(),
             inflight: FuturesOrdered::new(),
@@ -450,6 +454,7 @@ impl Connection {
                     request_id: client_request_id,
                 });
                 self.send(ws, created).await;
+                self.apply_early_end(ws).await;
             }
             Err(e) => {
                 let mut out = service_error(e, client::types::SESSION_START);
@@ -567,6 +572,12 @@ impl Connection {
         if !ready {
             if let Err(code) = self.take_session(ws, ctrl, &device, &target).await {
                 self.refuse(ws, code, Some(target), ref_type).await;
+                return;
+            }
+            self.apply_early_end(ws).await;
+            if self.current.as_ref().is_none_or(|c| c.id != target) {
+                self.refuse(ws, ErrorCode::SessionNotActive, Some(target), ref_type)
+                    .await;
                 return;
             }
         }
@@ -698,7 +709,10 @@ impl Connection {
                 };
                 taken.held = true;
                 taken.provisional = false;
-                taken.stamped = ok.data_count;
+                // The stored count lacks what this connection has not reported yet when it
+                // claims back a session it held all along (after a NATS outage): its own
+                // running count is then the larger one.
+                taken.stamped = taken.stamped.max(ok.data_count);
                 tracing::info!(conn = %self.conn_id, device, session = %ok.session_id, "session taken over by this connection");
                 self.current = Some(taken);
                 Ok(())
@@ -733,7 +747,19 @@ impl Connection {
     }
 
     async fn on_control(&mut self, ws: Option<&mut Ws>, control: Control) {
-        match control.event {
+        let (event, reply) = match control {
+            Control::Pushed { event, reply } => (event, reply),
+            Control::Recheck => {
+                // The next message claims the session again: it may have ended while NATS was
+                // away (a claim of an ended session answers SESSION_NOT_ACTIVE).
+                if let Some(c) = self.current.as_mut().filter(|c| !c.provisional && c.held) {
+                    c.held = false;
+                    tracing::debug!(conn = %self.conn_id, session = %c.id, "NATS back; session to be checked again");
+                }
+                return;
+            }
+        };
+        match event {
             ConnEvent::Revoke { session_id } => {
                 // Everything in flight is settled first, so the count is final.
                 self.settle_inflight(ws).await;
@@ -749,7 +775,7 @@ impl Connection {
                         .map_or(0, |r| r.accepted),
                 };
                 tracing::debug!(conn = %self.conn_id, session = %session_id, accepted, "revoked");
-                if let Some(reply) = control.reply {
+                if let Some(reply) = reply {
                     reply
                         .send(RevokeReply {
                             session_id,
@@ -766,25 +792,53 @@ impl Connection {
                     .as_ref()
                     .is_some_and(|c| c.id == ended.session_id);
                 if !is_current {
+                    // It may be the session a start or claim in flight is about to make current
+                    // (a racing start replaced it first): kept until that answer arrives.
                     self.mark_ended(&ended.session_id);
+                    if self.early_ends.len() == RECENT_SESSIONS {
+                        self.early_ends.pop_front();
+                    }
+                    self.early_ends.push_back(ended);
                     return;
                 }
-                if let Some(c) = self.current.take() {
-                    self.remember(c.id, c.accepted, true);
-                }
-                tracing::info!(conn = %self.conn_id, session = %ended.session_id, reason = %ended.reason, "session ended by the service");
-                if let Some(ws) = ws {
-                    let msg = ServerMessage::SessionEnded(SessionEnded {
-                        session_id: ended.session_id,
-                        device_id: ended.device_id,
-                        timestamp: now_ms(),
-                        reason: ended.reason,
-                        started_at: ended.started_at,
-                        ended_at: ended.ended_at,
-                        data_count: ended.data_count,
-                    });
-                    self.send(ws, msg).await;
-                }
+                self.end_current(ws, ended).await;
+            }
+        }
+    }
+
+    /// The current session ended on someone else's behalf: forget it and tell the client.
+    async fn end_current(&mut self, ws: Option<&mut Ws>, ended: SessionEndedEvent) {
+        if let Some(c) = self.current.take() {
+            self.remember(c.id, c.accepted, true);
+        }
+        tracing::info!(conn = %self.conn_id, session = %ended.session_id, reason = %ended.reason, "session ended by the service");
+        if let Some(ws) = ws {
+            let msg = ServerMessage::SessionEnded(SessionEnded {
+                session_id: ended.session_id,
+                device_id: ended.device_id,
+                timestamp: now_ms(),
+                reason: ended.reason,
+                started_at: ended.started_at,
+                ended_at: ended.ended_at,
+                data_count: ended.data_count,
+            });
+            self.send(ws, msg).await;
+        }
+    }
+
+    /// After a session became current: if its end was pushed while the operation that made it
+    /// current was in flight, that end applies now.
+    async fn apply_early_end(&mut self, ws: &mut Ws) {
+        let Some(current) = self.current.as_ref() else {
+            return;
+        };
+        if let Some(pos) = self
+            .early_ends
+            .iter()
+            .position(|e| e.session_id == current.id)
+        {
+            if let Some(ended) = self.early_ends.remove(pos) {
+                self.end_current(Some(ws), ended).await;
             }
         }
     }

@@ -32,6 +32,7 @@ use tokio::sync::watch;
 pub struct Shared {
     pub config: Config,
     pub subjects: Subjects,
+    /// This process's id in internal subjects and session requests (see [`instance_id`]).
     pub gateway_id: String,
     pub sessions: Arc<dyn SessionApi>,
     pub sink: Arc<dyn SensorSink>,
@@ -52,6 +53,7 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// The parts a gateway is assembled from (NATS-backed, or in-process in embedded mode).
 pub struct Backend {
+    /// See [`instance_id`].
     pub gateway_id: String,
     pub registry: Arc<Registry>,
     pub sessions: Arc<dyn SessionApi>,
@@ -66,7 +68,26 @@ pub fn gateway_id(config: &Config) -> String {
     config
         .gateway_id
         .clone()
-        .unwrap_or_else(|| format!("gw-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]))
+        .unwrap_or_else(|| format!("gw-{}", random_hex(12)))
+}
+
+/// The id of this gateway process in internal subjects, in its sessions' records and in its
+/// heartbeats: a configured `AMR_GATEWAY_ID` plus a per-process suffix. A replica restarted
+/// under the same id (a StatefulSet pod, a bench PC) is then never taken for its predecessor:
+/// the predecessor's sessions still end `gateway_lost`, and the two processes' connection
+/// subjects (and so their per-connection counts) never collide.
+pub fn instance_id(gateway_id: &str, config: &Config) -> String {
+    match config.gateway_id {
+        Some(_) => format!("{gateway_id}-{}", random_hex(8)),
+        // Random already.
+        None => gateway_id.to_owned(),
+    }
+}
+
+fn random_hex(len: usize) -> String {
+    let mut hex = uuid::Uuid::new_v4().simple().to_string();
+    hex.truncate(len);
+    hex
 }
 
 /// Serves WebSocket and HTTP until `shutdown` resolves, then drains: readiness turns 503, new
@@ -116,11 +137,12 @@ pub async fn serve(
 
 /// The NATS-backed parts of a gateway.
 pub async fn nats_backend(config: &Config) -> Result<(Backend, async_nats::Client), BoxError> {
-    let gateway_id = gateway_id(config);
+    let name = gateway_id(config);
+    let gateway_id = instance_id(&name, config);
     let subjects = Subjects::new(config.subject_prefix.clone());
-    let nats = connect_nats(config, &gateway_id).await?;
-    streams::ensure_sensor_stream(&nats, config, &subjects).await;
     let registry = Arc::new(Registry::default());
+    let nats = connect_nats(config, &gateway_id, registry.clone()).await?;
+    streams::ensure_sensor_stream(&nats, config, &subjects).await;
     tokio::spawn({
         let (nats, subjects, gateway_id, registry) = (
             nats.clone(),
@@ -134,17 +156,24 @@ pub async fn nats_backend(config: &Config) -> Result<(Backend, async_nats::Clien
             }
         }
     });
+    let sessions = Arc::new(session_client::SessionClient::new(
+        nats.clone(),
+        subjects.clone(),
+        config.request_timeout,
+    ));
+    tokio::spawn(heartbeats(
+        sessions.clone(),
+        gateway_id.clone(),
+        config.heartbeat_interval(),
+    ));
     let backend = Backend {
-        sessions: Arc::new(session_client::SessionClient::new(
-            nats.clone(),
-            subjects.clone(),
-            config.request_timeout,
-        )),
+        sessions,
+        // Downstream sees the configured name (`Amr-Gateway`).
         sink: Arc::new(forward::Forwarder::new(
             nats.clone(),
             config,
             subjects,
-            gateway_id.clone(),
+            name,
         )),
         readiness: Arc::new(NatsReadiness(nats.clone())),
         registry,
@@ -175,23 +204,75 @@ impl Readiness for NatsReadiness {
     }
 }
 
-async fn connect_nats(config: &Config, gateway_id: &str) -> Result<async_nats::Client, BoxError> {
+/// Tells the session service that this gateway is alive, at start and every `interval` (a
+/// third of `AMR_GATEWAY_LOST_AFTER`), for the life of the process. Each attempt is bounded by
+/// the request timeout; a failed one is simply followed by the next.
+async fn heartbeats(
+    sessions: Arc<session_client::SessionClient>,
+    gateway_id: String,
+    interval: std::time::Duration,
+) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failing = false;
+    loop {
+        tick.tick().await;
+        match sessions.heartbeat(&gateway_id).await {
+            Ok(_) => {
+                if failing {
+                    tracing::info!(gateway = %gateway_id, "heartbeats reach the session service again");
+                }
+                failing = false;
+            }
+            Err(e) => {
+                // Logged once per outage: the NATS events already tell the story.
+                if !failing {
+                    tracing::warn!(gateway = %gateway_id, error = %e.message, "heartbeat failed");
+                }
+                failing = true;
+                metrics::counter!("amr_gateway_heartbeat_failures_total").increment(1);
+            }
+        }
+    }
+}
+
+async fn connect_nats(
+    config: &Config,
+    gateway_id: &str,
+    registry: Arc<Registry>,
+) -> Result<async_nats::Client, BoxError> {
+    // Set at a disconnect, taken at the next connect: only a reconnect re-checks sessions.
+    let was_disconnected = Arc::new(AtomicBool::new(false));
     let options = async_nats::ConnectOptions::new()
         .name(format!("amr-gateway {gateway_id}"))
         .retry_on_initial_connect()
         .max_reconnects(None)
         .request_timeout(Some(config.request_timeout))
-        .event_callback(|event| async move {
-            match event {
-                async_nats::Event::Connected => {
-                    metrics::gauge!("amr_gateway_nats_connected").set(1.0);
-                    tracing::info!("NATS connected");
+        .event_callback(move |event| {
+            let (registry, was_disconnected) = (registry.clone(), was_disconnected.clone());
+            async move {
+                match event {
+                    async_nats::Event::Connected => {
+                        metrics::gauge!("amr_gateway_nats_connected").set(1.0);
+                        if was_disconnected.swap(false, Ordering::Relaxed) {
+                            // Sessions may have ended `gateway_lost` while no heartbeat could
+                            // get through, and pushed ends were lost: check them again.
+                            let told = registry.recheck_all();
+                            tracing::info!(
+                                connections = told,
+                                "NATS reconnected; every connection re-checks its session"
+                            );
+                        } else {
+                            tracing::info!("NATS connected");
+                        }
+                    }
+                    async_nats::Event::Disconnected => {
+                        was_disconnected.store(true, Ordering::Relaxed);
+                        metrics::gauge!("amr_gateway_nats_connected").set(0.0);
+                        tracing::warn!("NATS disconnected");
+                    }
+                    other => tracing::info!(event = %other, "NATS event"),
                 }
-                async_nats::Event::Disconnected => {
-                    metrics::gauge!("amr_gateway_nats_connected").set(0.0);
-                    tracing::warn!("NATS disconnected");
-                }
-                other => tracing::info!(event = %other, "NATS event"),
             }
         });
     Ok(options.connect(config.nats_url.as_str()).await?)

@@ -37,11 +37,20 @@ impl ReplyTo {
     }
 }
 
-/// One pushed event for a connection; `reply` is set on requests (revocations).
+/// What a connection's task is told besides its client's frames.
+// Pushes were this size before `Recheck` existed; boxing them would only add an allocation.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
-pub struct Control {
-    pub event: ConnEvent,
-    pub reply: Option<ReplyTo>,
+pub enum Control {
+    /// An event the session service pushed; `reply` is set on requests (revocations).
+    Pushed {
+        event: ConnEvent,
+        reply: Option<ReplyTo>,
+    },
+    /// Gateway-internal: NATS is back after an outage. Meanwhile the session service may have
+    /// ended the connection's session (`gateway_lost`: no heartbeats arrived) and its pushes
+    /// were lost, so the session is checked again (claimed) before more data goes into it.
+    Recheck,
 }
 
 #[derive(Default)]
@@ -74,6 +83,26 @@ impl Registry {
         self.conns.lock().ok()?.get(conn_id).cloned()
     }
 
+    /// Tells every connection to check its session again (see [`Control::Recheck`]); the
+    /// number of connections told.
+    pub fn recheck_all(&self) -> usize {
+        let all: Vec<mpsc::Sender<Control>> = self
+            .conns
+            .lock()
+            .map(|m| m.values().cloned().collect())
+            .unwrap_or_default();
+        for tx in &all {
+            if let Err(mpsc::error::TrySendError::Full(control)) = tx.try_send(Control::Recheck) {
+                // Never stall the caller behind one busy connection.
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    let _ = tx.send(control).await;
+                });
+            }
+        }
+        all.len()
+    }
+
     /// Hands an event to a connection. A revocation for a connection that is gone is answered
     /// at once with a zero count: the closed connection reported its final (cumulative) count
     /// itself, and the session service must not wait for it.
@@ -88,8 +117,10 @@ impl Registry {
                 }
             }
             None => {
-                if let (ConnEvent::Revoke { session_id }, Some(reply)) =
-                    (control.event, control.reply)
+                if let Control::Pushed {
+                    event: ConnEvent::Revoke { session_id },
+                    reply: Some(reply),
+                } = control
                 {
                     reply
                         .send(RevokeReply {
@@ -126,7 +157,9 @@ pub async fn dispatch(
             client: nats.clone(),
             subject,
         });
-        registry.deliver(conn_id, Control { event, reply }).await;
+        registry
+            .deliver(conn_id, Control::Pushed { event, reply })
+            .await;
     }
     Ok(())
 }

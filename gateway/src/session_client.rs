@@ -8,7 +8,7 @@
 use crate::backend::{ServiceResult, SessionApi};
 use amr_proto::internal::{
     ActivityOk, ActivityRequest, ClaimOk, ClaimRequest, DisconnectOk, DisconnectRequest, EndOk,
-    EndRequest, Reply, ServiceError, StartOk, StartRequest,
+    EndRequest, HeartbeatOk, HeartbeatRequest, Reply, ServiceError, StartOk, StartRequest,
 };
 use amr_proto::subjects::{ops, Subjects};
 use amr_proto::ErrorCode;
@@ -103,6 +103,17 @@ impl SessionClient {
         metrics::counter!("amr_gateway_session_ops_total", "op" => op.to_owned(), "result" => outcome)
             .increment(1);
         result
+    }
+}
+
+impl SessionClient {
+    /// Tells the session service that this gateway is alive (distributed mode only: in one
+    /// process the gateway cannot be lost apart from its sessions).
+    pub async fn heartbeat(&self, gateway_id: &str) -> ServiceResult<HeartbeatOk> {
+        let req = HeartbeatRequest {
+            gateway_id: gateway_id.to_owned(),
+        };
+        self.call(ops::HEARTBEAT, &req).await
     }
 }
 

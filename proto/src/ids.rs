@@ -18,6 +18,15 @@ pub fn is_valid_device_id(id: &str) -> bool {
     !id.is_empty() && id.len() <= DEVICE_ID_MAX_LEN && id.bytes().all(is_token_char)
 }
 
+/// Longest gateway instance id (a configured `AMR_GATEWAY_ID` of up to 64 characters plus
+/// a per-process suffix), in characters.
+pub const GATEWAY_ID_MAX_LEN: usize = 128;
+
+/// True when `id` can be a gateway (instance) id: 1-128 characters of `[A-Za-z0-9_-]`.
+pub fn is_valid_gateway_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= GATEWAY_ID_MAX_LEN && id.bytes().all(is_token_char)
+}
+
 /// A new sessionId: `session_` + a UUIDv7 in lowercase hex (time-ordered, unique across
 /// replicas and restarts, and a valid subject token).
 pub fn new_session_id() -> String {
@@ -111,6 +120,16 @@ mod tests {
         assert!(!is_session_aware_version("1.0.9"));
         assert!(!is_session_aware_version("1"));
         assert!(!is_session_aware_version("garbage"));
+    }
+
+    #[test]
+    fn gateway_ids() {
+        assert!(is_valid_gateway_id("gw-0a1b2c3d4e5f"));
+        assert!(is_valid_gateway_id(&format!("{}-1a2b3c4d", "g".repeat(64))));
+        assert!(!is_valid_gateway_id(""));
+        assert!(!is_valid_gateway_id("gw.1"));
+        assert!(!is_valid_gateway_id("gw*"));
+        assert!(!is_valid_gateway_id(&"g".repeat(129)));
     }
 
     #[test]

@@ -171,6 +171,17 @@ pub struct ActivityOk {
     pub inactive: Vec<String>,
 }
 
+/// `<p>.internal.session.heartbeat`: a gateway is alive. Sent at start and every third of
+/// `AMR_GATEWAY_LOST_AFTER`; a gateway silent for longer has its sessions ended `gateway_lost`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HeartbeatRequest {
+    pub gateway_id: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeartbeatOk {}
+
 /// Pushed by the session service to one connection's subject.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
@@ -207,6 +218,15 @@ mod tests {
         assert_eq!(
             json,
             r#"{"error":{"code":"NO_ACTIVE_SESSION","message":"x"}}"#
+        );
+        let hb: Reply<HeartbeatOk> = Reply::Ok(HeartbeatOk {});
+        assert_eq!(serde_json::to_string(&hb).unwrap(), r#"{"ok":{}}"#);
+        let req = HeartbeatRequest {
+            gateway_id: "gw-1".into(),
+        };
+        assert_eq!(
+            serde_json::to_string(&req).unwrap(),
+            r#"{"gatewayId":"gw-1"}"#
         );
         let ev = ConnEvent::Revoke {
             session_id: "s".into(),

@@ -7,7 +7,10 @@
 //! - `<p>:sessions`: sorted set of every sessionId by start time (listing, pagination).
 //! - `<p>:deadlines`: sorted set of active sessionIds by the time they end unless refreshed
 //!   (idle timeout, or disconnect grace); swept by every session-service replica.
-//! - `<p>:gateways`: sorted set of gateway ids by last heartbeat.
+//! - `<p>:gateways`: sorted set of gateway ids by last heartbeat (or by the end of a sweeper's
+//!   lease on a gateway found silent).
+//! - `<p>:gateway:<gatewayId>:sessions`: set of the sessions a gateway's connections hold
+//!   (active, with an owner); kept by the store with every row it writes.
 
 /// Field names of the session hash.
 pub mod field {
@@ -83,5 +86,21 @@ impl Keys {
 
     pub fn gateways(&self) -> String {
         format!("{}:gateways", self.prefix)
+    }
+
+    pub fn gateway_sessions(&self, gateway_id: &str) -> String {
+        format!("{}:gateway:{gateway_id}:sessions", self.prefix)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gateway_keys() {
+        let k = Keys::default();
+        assert_eq!(k.gateways(), "amr:gateways");
+        assert_eq!(k.gateway_sessions("gw-1"), "amr:gateway:gw-1:sessions");
     }
 }

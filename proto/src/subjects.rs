@@ -24,7 +24,9 @@ pub mod ops {
     pub const CLAIM: &str = "claim";
     pub const DISCONNECT: &str = "disconnect";
     pub const ACTIVITY: &str = "activity";
-    pub const ALL: [&str; 5] = [START, END, CLAIM, DISCONNECT, ACTIVITY];
+    /// A gateway's periodic sign of life (see `internal::HeartbeatRequest`).
+    pub const HEARTBEAT: &str = "heartbeat";
+    pub const ALL: [&str; 6] = [START, END, CLAIM, DISCONNECT, ACTIVITY, HEARTBEAT];
 }
 
 /// Subject builder for one prefix.

@@ -50,6 +50,11 @@ pub struct Config {
     #[arg(long, env = "AMR_REQUEST_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
     pub request_timeout: Duration,
 
+    /// A gateway that sent no heartbeat for this long is lost: the sessions its connections
+    /// held end `gateway_lost` within this bound (give the gateways the same value).
+    #[arg(long, env = "AMR_GATEWAY_LOST_AFTER", default_value = "30s", value_parser = parse_lost_after)]
+    pub gateway_lost_after: Duration,
+
     /// Retention (max age) of the AMR_SESSIONS lifecycle-event stream.
     #[arg(long, env = "AMR_SESSIONS_MAX_AGE", default_value = "30d", value_parser = parse_duration)]
     pub sessions_max_age: Duration,
@@ -75,6 +80,18 @@ pub enum LogFormat {
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s.trim()).map_err(|e| format!("invalid duration {s:?}: {e}"))
 }
+
+/// `AMR_GATEWAY_LOST_AFTER`: a duration of at least 100 ms (heartbeats go every third of it).
+pub fn parse_lost_after(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d < MIN_LOST_AFTER {
+        return Err(format!("{s:?} is too short: at least {MIN_LOST_AFTER:?}"));
+    }
+    Ok(d)
+}
+
+/// Shortest `AMR_GATEWAY_LOST_AFTER` accepted.
+pub const MIN_LOST_AFTER: Duration = Duration::from_millis(100);
 
 fn parse_prefix(s: &str) -> Result<String, String> {
     if amr_proto::subjects::is_valid_prefix(s) {
@@ -102,6 +119,7 @@ impl Config {
             idle_timeout_ms: millis(self.session_idle_timeout),
             disconnect_grace_ms: millis(self.disconnect_grace),
             drain_grace_ms: millis(self.drain_grace),
+            subjects: amr_proto::subjects::Subjects::new(self.subject_prefix.clone()),
         }
     }
 
@@ -135,6 +153,7 @@ mod tests {
         assert_eq!(c.disconnect_grace, Duration::ZERO);
         assert_eq!(c.conflict_policy, Policy::Replace);
         assert_eq!(c.sweep_interval(), Duration::from_secs(1));
+        assert_eq!(c.gateway_lost_after, Duration::from_secs(30));
         let c = Config::try_parse_from([
             "x",
             "--session-idle-timeout",
@@ -150,5 +169,8 @@ mod tests {
         assert_eq!(c.settings().policy, ConflictPolicy::Reject);
         assert!(Config::try_parse_from(["x", "--subject-prefix", "a..b"]).is_err());
         assert!(Config::try_parse_from(["x", "--session-idle-timeout", "soon"]).is_err());
+        assert!(Config::try_parse_from(["x", "--gateway-lost-after", "0s"]).is_err());
+        let c = Config::try_parse_from(["x", "--gateway-lost-after", "3s"]).unwrap();
+        assert_eq!(c.gateway_lost_after, Duration::from_secs(3));
     }
 }

@@ -2,12 +2,12 @@
 //! decide, revoke or commit, retry on conflict; then perform the effects of what committed.
 
 use crate::events::Lifecycle;
-use crate::machine::{self, Decision, Effect, Expiry, Revoked, Settings, Snapshot};
+use crate::machine::{self, Decision, Effect, Expiry, GatewayLoss, Revoked, Settings, Snapshot};
 use crate::owners::Connections;
 use crate::store::{CommitOutcome, SessionStore, SnapshotQuery, StoreError};
 use amr_proto::internal::{
     ActivityOk, ActivityRequest, ClaimOk, ClaimRequest, DisconnectOk, DisconnectRequest, EndOk,
-    EndRequest, ServiceError, StartOk, StartRequest,
+    EndRequest, HeartbeatOk, HeartbeatRequest, ServiceError, StartOk, StartRequest,
 };
 use amr_proto::{ids, now_ms, ErrorCode};
 use std::sync::Arc;
@@ -70,6 +70,11 @@ impl<S: SessionStore> Engine<S> {
 
     pub fn store(&self) -> &S {
         &self.store
+    }
+
+    /// Whether the gateways' connections (and so their heartbeats) can get through now.
+    pub fn connections_reachable(&self) -> bool {
+        self.owners.reachable()
     }
 
     pub async fn start(&self, req: &StartRequest) -> Result<StartOk, ServiceError> {
@@ -155,6 +160,39 @@ impl<S: SessionStore> Engine<S> {
             .await
             .map_err(store_error)?;
         Ok(ActivityOk { inactive })
+    }
+
+    /// A gateway's heartbeat: it is alive now.
+    pub async fn heartbeat(&self, req: &HeartbeatRequest) -> Result<HeartbeatOk, ServiceError> {
+        // It becomes part of a key.
+        if !ids::is_valid_gateway_id(&req.gateway_id) {
+            return Err(ServiceError::new(
+                ErrorCode::InvalidMessage,
+                "gatewayId must be 1-128 characters of [A-Za-z0-9_-]",
+            ));
+        }
+        self.store
+            .heartbeat(&req.gateway_id, now_ms())
+            .await
+            .map_err(store_error)?;
+        Ok(HeartbeatOk {})
+    }
+
+    /// The gateway-loss sweep's end path for one session indexed under a silent gateway.
+    pub async fn gateway_lost(
+        &self,
+        session_id: &str,
+        gateway_id: &str,
+    ) -> Result<GatewayLoss, ServiceError> {
+        let query = SnapshotQuery {
+            device_id: None,
+            request_id: None,
+            session_ids: session_ids([Some(&session_id.to_string())]),
+        };
+        self.run(&query, |snap, revoked, now| {
+            machine::gateway_lost(&self.settings, snap, session_id, gateway_id, revoked, now)
+        })
+        .await
     }
 
     /// The sweeper's end path for one claimed, due session.

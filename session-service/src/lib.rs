@@ -2,10 +2,10 @@
 //!
 //! It owns every decision about sessions: start (idempotent per requestId, replace or reject
 //! the active one), end, claim (resume, hand-over), disconnect (end or grace), activity
-//! (exact counts, idle deadlines), and the ends nobody asked for (idle timeout, disconnect
-//! grace). Gateways ask over NATS (NATS Services API, queue group, so any replica serves any
-//! request); the service revokes and notifies gateway connections on their own subjects and
-//! publishes the `created`/`ended` lifecycle events.
+//! (exact counts, idle deadlines), gateway heartbeats, and the ends nobody asked for (idle
+//! timeout, disconnect grace, gateway lost). Gateways ask over NATS (NATS Services API, queue
+//! group, so any replica serves any request); the service revokes and notifies gateway
+//! connections on their own subjects and publishes the `created`/`ended` lifecycle events.
 //!
 //! It must never touch sensor data payloads (it only reads the count header of a session's
 //! last sensor message when a gateway cannot answer), never talk WebSocket, and never keep
@@ -15,8 +15,8 @@
 //! Layout: [`machine`] (the pure state machine), [`store`] (its storage interface) and
 //! [`redis_store`], [`engine`] (runs decisions: snapshot, revoke, commit, effects),
 //! [`owners`] (revoke/push to connections), [`events`] (lifecycle events), [`service`]
-//! (NATS endpoints), [`sweeper`] (deadlines), [`http`] (health, metrics, records),
-//! [`config`].
+//! (NATS endpoints), [`sweeper`] (deadlines, lost gateways), [`http`] (health, metrics,
+//! records), [`config`].
 
 pub mod config;
 pub mod engine;
@@ -212,6 +212,9 @@ pub async fn serve(
         engine.clone(),
         config.sweep_interval(),
         lease,
+        Some(sweeper::LostGateways {
+            after: config.gateway_lost_after,
+        }),
         draining.clone(),
     ));
 

@@ -18,6 +18,7 @@ use amr_proto::internal::{
     ActivityRequest, ClaimOk, ClaimRequest, DisconnectOutcome, DisconnectRequest, EndOk,
     EndRequest, ServiceError, StartOk, StartRequest,
 };
+use amr_proto::subjects::Subjects;
 use amr_proto::{EndReason, ErrorCode};
 use std::collections::BTreeMap;
 
@@ -37,6 +38,8 @@ pub struct Settings {
     pub idle_timeout_ms: i64,
     pub disconnect_grace_ms: i64,
     pub drain_grace_ms: i64,
+    /// Reads the gateway id out of an owner's connection subject.
+    pub subjects: Subjects,
 }
 
 /// Where a session is in its life.
@@ -286,6 +289,17 @@ pub enum Expiry {
     NotDue,
     /// Gone or already ended; its schedule was stale.
     Forgotten,
+}
+
+/// Outcome of the gateway-loss sweep of one session indexed under a silent gateway.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GatewayLoss {
+    Ended(SessionEndedEvent),
+    /// The owner answered its revocation: its gateway is alive (heartbeats were lost, not the
+    /// gateway). The session stays; the connection claims it again with its next message.
+    Alive,
+    /// Not active, or not held by a connection of that gateway (any more): nothing to do.
+    NotHeld,
 }
 
 fn version_guard(s: &Session) -> Guard {
@@ -730,6 +744,81 @@ pub fn expire(
     Decision::Commit {
         plan,
         reply: Expiry::Ended(event),
+    }
+}
+
+/// The gateway-loss sweep's decision for one session indexed under `gateway_id`, a gateway
+/// silent for longer than `AMR_GATEWAY_LOST_AFTER`: still active and held by a connection of
+/// that gateway, it ends `gateway_lost` after its owner was revoked (a dead owner cannot
+/// answer, so the count is the sensor stream's running total); nothing is pushed to the owner.
+pub fn gateway_lost(
+    cfg: &Settings,
+    snap: &Snapshot,
+    session_id: &str,
+    gateway_id: &str,
+    revoked: &[Revoked],
+    now: i64,
+) -> Decision<GatewayLoss> {
+    let Some(s) = snap.session(session_id).filter(|s| s.is_active()) else {
+        return Decision::Done(GatewayLoss::NotHeld);
+    };
+    let Some(owner) = s
+        .owner()
+        .filter(|o| cfg.subjects.gateway_of(o) == Some(gateway_id))
+    else {
+        return Decision::Done(GatewayLoss::NotHeld);
+    };
+    if let Some(revoke) = needs_revoke(s, "", revoked) {
+        return revoke;
+    }
+    let answer = revoked
+        .iter()
+        .find(|r| r.session_id == s.session_id && r.owner == owner)
+        .map(|r| r.count);
+    match answer {
+        Some(RevokedCount::Accepted(_)) => {
+            // Alive after all. Its answer is the count it will not report again (it
+            // stopped accepting until it claims the session back): keep it.
+            let (counted_s, grew) = counted(s, None, revoked);
+            if !grew {
+                return Decision::Done(GatewayLoss::Alive);
+            }
+            return Decision::Commit {
+                plan: Plan {
+                    guards: vec![version_guard(s)],
+                    writes: vec![Write::Put(counted_s.next())],
+                    effects: vec![],
+                },
+                reply: GatewayLoss::Alive,
+            };
+        }
+        Some(RevokedCount::StreamTotal(None)) => {
+            // An end must carry the exact count: try again later (the idle timeout remains
+            // the backstop).
+            return Decision::Fail(
+                ServiceError::new(
+                    ErrorCode::ServiceUnavailable,
+                    "the session's count is unknown (sensor stream unreachable)",
+                )
+                .with_session(session_id),
+            );
+        }
+        Some(RevokedCount::StreamTotal(Some(_))) | None => {}
+    }
+    let (counted_s, _) = counted(s, None, revoked);
+    let mut plan = Plan::default();
+    // The owner is the "requester": a dead connection gets no push.
+    let event = end_into(
+        &mut plan,
+        s,
+        &counted_s,
+        EndReason::GatewayLost,
+        Some(owner),
+        now,
+    );
+    Decision::Commit {
+        plan,
+        reply: GatewayLoss::Ended(event),
     }
 }
 

@@ -2,8 +2,9 @@
 //!
 //! It behaves as [`crate::redis_store::RedisStore`] does, structure for structure: session
 //! rows (ended ones expire `retention` after their last write), the devices' active pointers,
-//! the 60 s request memory, the deadline schedule and the two listing indexes (sorted sets
-//! ordered by score, then member, as Redis orders them). Every call takes the one lock, does
+//! the 60 s request memory, the deadline schedule, the two listing indexes (sorted sets
+//! ordered by score, then member, as Redis orders them), the gateway schedule and the
+//! per-gateway session index. Every call takes the one lock, does
 //! its work synchronously and releases it, so a plan's guards and writes are atomic as the
 //! Lua commit is. Expiry is checked on every read (a record past its expiry does not exist)
 //! and expired entries are purged whenever the lock is taken. The shared conformance suite
@@ -130,6 +131,10 @@ struct State {
     all: ZSet,
     /// Each device's sessions by start time.
     by_device: HashMap<String, ZSet>,
+    /// Gateways by last heartbeat (and the sweeper's leases on silent ones).
+    gateways: ZSet,
+    /// Gateway id -> the sessions its connections hold (no empty sets, as in Redis).
+    gateway_sessions: HashMap<String, BTreeSet<String>>,
 }
 
 impl State {
@@ -274,8 +279,39 @@ impl State {
         }
     }
 
+    /// The gateway index of the Redis commit's `gwidx`: the row leaves the set of the gateway
+    /// its stored version names and enters the set of its gateway while a connection holds it.
+    fn index_gateway(&mut self, s: &Session, now: i64) {
+        let old = self
+            .row(&s.session_id, now)
+            .map(|old| old.gateway.clone())
+            .unwrap_or_default();
+        let held_by = match &s.phase {
+            Phase::Active { owner } if !owner.is_empty() => s.gateway.as_str(),
+            _ => "",
+        };
+        if !old.is_empty() && old != held_by {
+            if let Some(set) = self.gateway_sessions.get_mut(&old) {
+                set.remove(&s.session_id);
+                if set.is_empty() {
+                    self.gateway_sessions.remove(&old);
+                }
+            }
+        }
+        if !held_by.is_empty() {
+            self.gateway_sessions
+                .entry(held_by.to_string())
+                .or_default()
+                .insert(s.session_id.clone());
+            if self.gateways.score(held_by).is_none() {
+                self.gateways.add(held_by, now);
+            }
+        }
+    }
+
     /// `Write::Put` with what the store derives from the row (see `RedisStore::put_ops`).
     fn put(&mut self, s: &Session, now: i64, retention_ms: i64) {
+        self.index_gateway(s, now);
         let mut session = s.clone();
         // Read back as Redis reads the hash: an empty owner is no owner, an empty
         // replaced id is none.
@@ -663,6 +699,59 @@ impl SessionStore for MemoryStore {
         lease_ms: i64,
     ) -> Result<bool, StoreError> {
         Ok(self.claim_now(session_id, now, lease_ms))
+    }
+
+    async fn heartbeat(&self, gateway_id: &str, now: i64) -> Result<(), StoreError> {
+        self.locked().0.gateways.add(gateway_id, now);
+        Ok(())
+    }
+
+    async fn silent_gateways(
+        &self,
+        silent_since: i64,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        let (state, _) = self.locked();
+        Ok(state.gateways.range_up_to(silent_since, limit))
+    }
+
+    async fn claim_gateway(
+        &self,
+        gateway_id: &str,
+        silent_since: i64,
+        claimed: i64,
+    ) -> Result<bool, StoreError> {
+        let (mut state, _) = self.locked();
+        match state.gateways.score(gateway_id) {
+            Some(at) if at <= silent_since => {
+                state.gateways.add(gateway_id, claimed);
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    async fn gateway_sessions(&self, gateway_id: &str) -> Result<Vec<String>, StoreError> {
+        let (state, _) = self.locked();
+        Ok(state
+            .gateway_sessions
+            .get(gateway_id)
+            .map(|set| set.iter().cloned().collect())
+            .unwrap_or_default())
+    }
+
+    async fn forget_gateway(&self, gateway_id: &str, claimed: i64) -> Result<bool, StoreError> {
+        let (mut state, _) = self.locked();
+        let holds = state
+            .gateway_sessions
+            .get(gateway_id)
+            .is_some_and(|set| !set.is_empty());
+        if state.gateways.score(gateway_id) != Some(claimed) || holds {
+            return Ok(false);
+        }
+        state.gateways.remove(gateway_id);
+        state.gateway_sessions.remove(gateway_id);
+        Ok(true)
     }
 
     async fn get(&self, session_id: &str) -> Result<Option<Session>, StoreError> {

@@ -26,6 +26,12 @@ pub trait Connections: Send + Sync + 'static {
 
     /// Tells a connection that its session ended on someone else's behalf (fire and forget).
     fn push_ended<'a>(&'a self, owner: &'a str, event: &'a SessionEndedEvent) -> BoxFuture<'a, ()>;
+
+    /// Whether connections can be reached now (in-process: always). While they cannot, no
+    /// gateway heartbeat can arrive either, so the gateway-loss sweep waits.
+    fn reachable(&self) -> bool {
+        true
+    }
 }
 
 #[derive(Clone)]
@@ -141,5 +147,12 @@ impl Connections for Owners {
 
     fn push_ended<'a>(&'a self, owner: &'a str, event: &'a SessionEndedEvent) -> BoxFuture<'a, ()> {
         self.push_ended_over_nats(owner, event).boxed()
+    }
+
+    fn reachable(&self) -> bool {
+        matches!(
+            self.client.connection_state(),
+            async_nats::connection::State::Connected
+        )
     }
 }

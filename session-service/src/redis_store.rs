@@ -1,10 +1,12 @@
 //! The Redis implementation of [`SessionStore`].
 //!
 //! Every state change is one atomic Lua script: a generic compare-and-set `commit` (checks the
-//! guards of a plan, then applies its writes), `activity` (counts and idle deadlines of a
-//! batch) and the sweeper's `claim`. Reads for a decision are one Lua script too (`snapshot`),
-//! because the rows it needs depend on the pointers it reads. Key names come only from
-//! [`Keys`], field names only from [`field`] (the Lua sources get them substituted in).
+//! guards of a plan, then applies its writes, the per-gateway session index included),
+//! `activity` (counts and idle deadlines of a batch), the sweeper's `claim` (of a deadline or
+//! of a silent gateway) and `forget_gateway`; a heartbeat is one `ZADD`. Reads for a decision
+//! are one Lua script too (`snapshot`), because the rows it needs depend on the pointers it
+//! reads. Key names come only from [`Keys`], field names only from [`field`] (the Lua sources
+//! get them substituted in).
 
 use crate::config::millis;
 use crate::machine::{Guard, Phase, Plan, Session, Snapshot, Write};
@@ -94,6 +96,15 @@ for _, o in ipairs(plan.ops) do
     redis.call('ZADD', o.k, o.s, o.m)
   elseif o.t == 'zrem' then
     redis.call('ZREM', o.k, o.m)
+  elseif o.t == 'gwidx' then
+    -- Before the row's hset: the row leaves the set of the gateway it named, and enters the
+    -- set of `g` ('' when it is not held by a connection).
+    local old = redis.call('HGET', o.k, '$gateway')
+    if old and old ~= '' and old ~= o.g then redis.call('SREM', o.p .. old .. o.s, o.m) end
+    if o.g ~= '' then
+      redis.call('SADD', o.p .. o.g .. o.s, o.m)
+      redis.call('ZADD', o.z, 'NX', o.now, o.g)
+    end
   elseif o.t == 'pexpire' then
     redis.call('PEXPIRE', o.k, o.ms)
   elseif o.t == 'persist' then
@@ -134,7 +145,8 @@ end
 return inactive
 "#;
 
-/// Sweeper claim. KEYS[1] deadlines. ARGV: sessionId, now, now + lease.
+/// Sweeper claim of a schedule entry. KEYS[1] the schedule (deadlines, or gateways). ARGV:
+/// member, the latest score that may be claimed, the score the claim sets.
 const CLAIM_LUA: &str = r#"
 local s = redis.call('ZSCORE', KEYS[1], ARGV[1])
 if s and tonumber(s) <= tonumber(ARGV[2]) then
@@ -143,6 +155,21 @@ if s and tonumber(s) <= tonumber(ARGV[2]) then
 end
 return 0
 "#;
+
+/// Forgets a swept gateway. KEYS[1] gateways, KEYS[2] its session set. ARGV: gatewayId, the
+/// score its claim set. Only while that score stands (no heartbeat since) and the set is empty.
+const FORGET_GATEWAY_LUA: &str = r#"
+local s = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if s and tonumber(s) == tonumber(ARGV[2]) and redis.call('SCARD', KEYS[2]) == 0 then
+  redis.call('ZREM', KEYS[1], ARGV[1])
+  redis.call('DEL', KEYS[2])
+  return 1
+end
+return 0
+"#;
+
+/// Marks where the gateway id goes in `Keys::gateway_sessions` (never in a prefix or an id).
+const GATEWAY_MARK: &str = "*";
 
 /// A Lua source with the field names and state values of the contract substituted in.
 fn lua(src: &str) -> Script {
@@ -153,6 +180,7 @@ fn lua(src: &str) -> Script {
         ("$dataCount", field::DATA_COUNT),
         ("$deviceId", field::DEVICE_ID),
         ("$deadline", field::DEADLINE),
+        ("$gateway", field::GATEWAY),
         ("$version", field::VERSION),
         ("$owner", field::OWNER),
         ("$state", field::STATE),
@@ -170,6 +198,7 @@ struct Scripts {
     commit: Script,
     activity: Script,
     claim: Script,
+    forget_gateway: Script,
 }
 
 #[derive(Clone)]
@@ -213,6 +242,7 @@ impl RedisStore {
                 commit: lua(COMMIT_LUA),
                 activity: lua(ACTIVITY_LUA),
                 claim: lua(CLAIM_LUA),
+                forget_gateway: lua(FORGET_GATEWAY_LUA),
             }),
         })
     }
@@ -228,8 +258,9 @@ impl RedisStore {
         }
     }
 
-    /// The concrete operations of a plan, as the commit script reads them.
-    fn plan_json(&self, plan: &Plan) -> Value {
+    /// The concrete operations of a plan, as the commit script reads them; `now` is when a
+    /// gateway first seen holding a session enters the gateway schedule.
+    fn plan_json(&self, plan: &Plan, now: i64) -> Value {
         let guards: Vec<Value> = plan
             .guards
             .iter()
@@ -260,7 +291,7 @@ impl RedisStore {
         let mut ops = Vec::new();
         for w in &plan.writes {
             match w {
-                Write::Put(s) => self.put_ops(s, &mut ops),
+                Write::Put(s) => self.put_ops(s, now, &mut ops),
                 Write::SetActive {
                     device_id,
                     session_id,
@@ -295,8 +326,18 @@ impl RedisStore {
         json!({ "guards": guards, "ops": ops })
     }
 
-    fn put_ops(&self, s: &Session, ops: &mut Vec<Value>) {
+    fn put_ops(&self, s: &Session, now: i64, ops: &mut Vec<Value>) {
         let key = self.keys.session(&s.session_id);
+        let held_by = match &s.phase {
+            Phase::Active { owner } if !owner.is_empty() => s.gateway.as_str(),
+            _ => "",
+        };
+        let set_key = self.keys.gateway_sessions(GATEWAY_MARK);
+        let (set_prefix, set_suffix) = set_key.split_once(GATEWAY_MARK).unwrap_or((&set_key, ""));
+        ops.push(json!({
+            "t": "gwidx", "k": key, "m": s.session_id, "g": held_by,
+            "p": set_prefix, "s": set_suffix, "z": self.keys.gateways(), "now": now.to_string(),
+        }));
         let (state, owner, ended) = match &s.phase {
             Phase::Active { owner } => (SessionState::Active, owner.as_str(), None),
             Phase::Detached => (SessionState::Active, "", None),
@@ -483,7 +524,7 @@ impl SessionStore for RedisStore {
     }
 
     async fn commit(&self, plan: &Plan) -> Result<CommitOutcome, StoreError> {
-        let body = self.plan_json(plan).to_string();
+        let body = self.plan_json(plan, amr_proto::now_ms()).to_string();
         let mut conn = self.conn.clone();
         let applied: i64 = self
             .bounded(self.scripts.commit.arg(body).invoke_async(&mut conn))
@@ -552,6 +593,75 @@ impl SessionStore for RedisStore {
             )
             .await?;
         Ok(claimed == 1)
+    }
+
+    async fn heartbeat(&self, gateway_id: &str, now: i64) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        let mut cmd = redis::cmd("ZADD");
+        cmd.arg(self.keys.gateways()).arg(now).arg(gateway_id);
+        self.bounded(cmd.query_async::<()>(&mut conn)).await
+    }
+
+    async fn silent_gateways(
+        &self,
+        silent_since: i64,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        let mut conn = self.conn.clone();
+        let mut cmd = redis::cmd("ZRANGEBYSCORE");
+        cmd.arg(self.keys.gateways())
+            .arg("-inf")
+            .arg(silent_since)
+            .arg("LIMIT")
+            .arg(0)
+            .arg(limit);
+        self.bounded(cmd.query_async(&mut conn)).await
+    }
+
+    async fn claim_gateway(
+        &self,
+        gateway_id: &str,
+        silent_since: i64,
+        claimed: i64,
+    ) -> Result<bool, StoreError> {
+        let mut conn = self.conn.clone();
+        let done: i64 = self
+            .bounded(
+                self.scripts
+                    .claim
+                    .key(self.keys.gateways())
+                    .arg(gateway_id)
+                    .arg(silent_since)
+                    .arg(claimed)
+                    .invoke_async(&mut conn),
+            )
+            .await?;
+        Ok(done == 1)
+    }
+
+    async fn gateway_sessions(&self, gateway_id: &str) -> Result<Vec<String>, StoreError> {
+        let mut conn = self.conn.clone();
+        let mut cmd = redis::cmd("SMEMBERS");
+        cmd.arg(self.keys.gateway_sessions(gateway_id));
+        let mut ids: Vec<String> = self.bounded(cmd.query_async(&mut conn)).await?;
+        ids.sort();
+        Ok(ids)
+    }
+
+    async fn forget_gateway(&self, gateway_id: &str, claimed: i64) -> Result<bool, StoreError> {
+        let mut conn = self.conn.clone();
+        let done: i64 = self
+            .bounded(
+                self.scripts
+                    .forget_gateway
+                    .key(self.keys.gateways())
+                    .key(self.keys.gateway_sessions(gateway_id))
+                    .arg(gateway_id)
+                    .arg(claimed)
+                    .invoke_async(&mut conn),
+            )
+            .await?;
+        Ok(done == 1)
     }
 
     async fn get(&self, session_id: &str) -> Result<Option<Session>, StoreError> {

@@ -4,7 +4,8 @@
 use crate::engine::Engine;
 use crate::store::SessionStore;
 use amr_proto::internal::{
-    ActivityRequest, ClaimRequest, DisconnectRequest, EndRequest, Reply, ServiceError, StartRequest,
+    ActivityRequest, ClaimRequest, DisconnectRequest, EndRequest, HeartbeatRequest, Reply,
+    ServiceError, StartRequest,
 };
 use amr_proto::subjects::{ops, Subjects, SERVICE_NAME};
 use amr_proto::ErrorCode;
@@ -153,6 +154,10 @@ async fn dispatch<S: SessionStore>(
         },
         ops::ACTIVITY => match parse::<ActivityRequest>(payload) {
             Ok(r) => encode(engine.activity(&r).await),
+            Err(e) => error_reply(e),
+        },
+        ops::HEARTBEAT => match parse::<HeartbeatRequest>(payload) {
+            Ok(r) => encode(engine.heartbeat(&r).await),
             Err(e) => error_reply(e),
         },
         _ => error_reply(ServiceError::new(

@@ -57,7 +57,10 @@ pub trait SessionStore: Clone + Send + Sync + 'static {
         query: &SnapshotQuery,
     ) -> impl Future<Output = Result<Snapshot, StoreError>> + Send;
 
-    /// Applies `plan.writes` atomically iff every guard of `plan.guards` still holds.
+    /// Applies `plan.writes` atomically iff every guard of `plan.guards` still holds. With each
+    /// `Write::Put` the gateway index follows the row: an active row with an owner is in the
+    /// set of its `gateway` (which enters the gateway schedule at the commit's time unless it
+    /// is there already), any other row in no set.
     fn commit(&self, plan: &Plan)
         -> impl Future<Output = Result<CommitOutcome, StoreError>> + Send;
 
@@ -83,6 +86,46 @@ pub trait SessionStore: Clone + Send + Sync + 'static {
         session_id: &str,
         now: i64,
         lease_ms: i64,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Records a heartbeat of `gateway_id` at `now` (its score in the gateway schedule).
+    fn heartbeat(
+        &self,
+        gateway_id: &str,
+        now: i64,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Up to `limit` gateways whose score (last heartbeat, or end of a sweeper's lease) is
+    /// `<= silent_since`, earliest first.
+    fn silent_gateways(
+        &self,
+        silent_since: i64,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send;
+
+    /// Claims a silent gateway so that one replica works on it: true iff its score was
+    /// `<= silent_since`; the score is then set to `claimed` (the claim's token; a heartbeat
+    /// overwrites it). Choose `claimed` so that the gateway is silent again once the lease ends.
+    fn claim_gateway(
+        &self,
+        gateway_id: &str,
+        silent_since: i64,
+        claimed: i64,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// The sessions indexed under a gateway: every row that is active with an owner and names
+    /// that gateway (the store keeps this index with every row it writes).
+    fn gateway_sessions(
+        &self,
+        gateway_id: &str,
+    ) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send;
+
+    /// Forgets a claimed gateway (schedule entry and index) iff its score is still `claimed`
+    /// (no heartbeat since the claim) and it holds no session. True iff forgotten.
+    fn forget_gateway(
+        &self,
+        gateway_id: &str,
+        claimed: i64,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
     fn get(

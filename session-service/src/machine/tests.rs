@@ -18,6 +18,7 @@ fn cfg() -> Settings {
         idle_timeout_ms: 1_000,
         disconnect_grace_ms: 0,
         drain_grace_ms: 5_000,
+        subjects: Subjects::default(),
     }
 }
 
@@ -718,6 +719,141 @@ fn expire_of_a_gone_or_ended_session_forgets_it() {
             }]
         );
     }
+}
+
+// ---------------------------------------------------------------- gateway lost (sweeper)
+
+/// ME's gateway (see the `ME` subject).
+const ME_GW: &str = "g1";
+
+#[test]
+fn gateway_lost_revokes_the_dead_owner_then_ends_with_the_stream_count() {
+    let snap = snap_with_active(active(A, ME, 4));
+    assert!(matches!(
+        gateway_lost(&cfg(), &snap, A, ME_GW, &[], NOW),
+        Decision::Revoke { ref owner, ref session_id, .. } if owner == ME && session_id == A
+    ));
+    // A dead gateway cannot answer: the stream's running total counts every sample.
+    let r = revoked(A, ME, RevokedCount::StreamTotal(Some(9)));
+    let (plan, out) = commit(gateway_lost(&cfg(), &snap, A, ME_GW, &r, NOW));
+    let GatewayLoss::Ended(ev) = out else {
+        panic!("{out:?}")
+    };
+    assert_eq!(
+        (ev.reason, ev.data_count, ev.ended_at),
+        (EndReason::GatewayLost, 9, NOW)
+    );
+    assert_eq!(ended_events(&plan), vec![&ev]);
+    assert!(
+        pushes(&plan).is_empty(),
+        "nothing is pushed to a dead connection"
+    );
+    let row = put(&plan, A);
+    assert_eq!(row.ended_event(), Some(ev));
+    assert_eq!(row.version, 4);
+    assert!(plan.guards.contains(&Guard::Version {
+        session_id: A.into(),
+        version: Some(3)
+    }));
+    assert!(plan.writes.contains(&Write::ClearActive {
+        device_id: DEV.into(),
+        session_id: A.into()
+    }));
+    // A stream holding fewer samples than reported never lowers the count.
+    let r = revoked(A, ME, RevokedCount::StreamTotal(Some(2)));
+    let (_, out) = commit(gateway_lost(&cfg(), &snap, A, ME_GW, &r, NOW));
+    assert!(matches!(out, GatewayLoss::Ended(ref ev) if ev.data_count == 4));
+    // Nothing ever accepted: the stream says 0.
+    let snap0 = snap_with_active(active(A, ME, 0));
+    let r = revoked(A, ME, RevokedCount::StreamTotal(Some(0)));
+    let (_, out) = commit(gateway_lost(&cfg(), &snap0, A, ME_GW, &r, NOW));
+    assert!(matches!(out, GatewayLoss::Ended(ref ev) if ev.data_count == 0));
+}
+
+#[test]
+fn gateway_lost_with_an_unknown_count_ends_nothing_yet() {
+    let snap = snap_with_active(active(A, ME, 4));
+    let r = revoked(A, ME, RevokedCount::StreamTotal(None));
+    let e = fail(gateway_lost(&cfg(), &snap, A, ME_GW, &r, NOW));
+    assert_eq!(e.code, ErrorCode::ServiceUnavailable);
+    assert_eq!(e.session_id.as_deref(), Some(A));
+}
+
+#[test]
+fn gateway_lost_spares_an_owner_that_answers() {
+    let snap = snap_with_active(active(A, ME, 4));
+    // It answered with nothing new: nothing to write.
+    let r = revoked(A, ME, RevokedCount::Accepted(4));
+    assert_eq!(
+        gateway_lost(&cfg(), &snap, A, ME_GW, &r, NOW),
+        Decision::Done(GatewayLoss::Alive)
+    );
+    // It handed over unreported samples: they are kept (it will not report them again).
+    let r = revoked(A, ME, RevokedCount::Accepted(7));
+    let (plan, out) = commit(gateway_lost(&cfg(), &snap, A, ME_GW, &r, NOW));
+    assert_eq!(out, GatewayLoss::Alive);
+    let row = put(&plan, A);
+    assert_eq!((row.data_count, row.version), (7, 4));
+    assert_eq!(row.phase, Phase::Active { owner: ME.into() });
+    assert_eq!(row.deadline, NOW + 500, "the idle deadline does not move");
+    assert!(plan.effects.is_empty());
+    assert!(!plan
+        .writes
+        .iter()
+        .any(|w| matches!(w, Write::ClearActive { .. })));
+}
+
+#[test]
+fn gateway_lost_leaves_sessions_not_held_by_that_gateway() {
+    let gone = Snapshot::default();
+    let ended_one = Snapshot {
+        sessions: vec![ended(A, EndReason::Replaced, 1)],
+        ..Snapshot::default()
+    };
+    let detached = snap_with_active(active(A, "", 4));
+    // Claimed by a connection of another gateway meanwhile (the row's gateway field aside:
+    // the owner's subject decides).
+    let elsewhere = snap_with_active(active(A, OTHER, 4));
+    // A gateway id that is a prefix of the owner's is another gateway.
+    let mut similar = active(A, "amr.internal.gw.g10.c1", 4);
+    similar.gateway = ME_GW.into();
+    let similar = snap_with_active(similar);
+    for snap in [gone, ended_one, detached, elsewhere, similar] {
+        assert_eq!(
+            gateway_lost(&cfg(), &snap, A, ME_GW, &[], NOW),
+            Decision::Done(GatewayLoss::NotHeld),
+            "{snap:?}"
+        );
+    }
+    // Another prefix: subjects are read with the configured one.
+    let cfg_p = Settings {
+        subjects: Subjects::new("plant1.amr"),
+        ..cfg()
+    };
+    let snap = snap_with_active(active(A, "plant1.amr.internal.gw.g1.c1", 4));
+    assert!(matches!(
+        gateway_lost(&cfg_p, &snap, A, ME_GW, &[], NOW),
+        Decision::Revoke { .. }
+    ));
+    let snap = snap_with_active(active(A, ME, 4));
+    assert_eq!(
+        gateway_lost(&cfg_p, &snap, A, ME_GW, &[], NOW),
+        Decision::Done(GatewayLoss::NotHeld)
+    );
+}
+
+#[test]
+fn gateway_lost_counts_a_dead_owner_after_earlier_owners() {
+    // 3 samples came from an earlier owner (reported), 2 from the dead one (reported); the
+    // stream's running total says 8: the dead owner accepted 3 more it never reported.
+    let mut s = active(A, ME, 0);
+    s.accepted = BTreeMap::from([(OTHER.to_string(), 3), (ME.to_string(), 2)]);
+    s.data_count = 5;
+    let snap = snap_with_active(s);
+    let r = revoked(A, ME, RevokedCount::StreamTotal(Some(8)));
+    let (plan, out) = commit(gateway_lost(&cfg(), &snap, A, ME_GW, &r, NOW));
+    assert!(matches!(out, GatewayLoss::Ended(ref ev) if ev.data_count == 8));
+    assert_eq!(put(&plan, A).accepted.get(ME), Some(&5));
 }
 
 // ---------------------------------------------------------------- counts and activity

@@ -62,6 +62,10 @@ impl Inspect for MemoryStore {
             .get(device_id)
             .map_or(0, ZSet::len)
     }
+
+    async fn gateway_score(&self, gateway_id: &str) -> Option<i64> {
+        self.locked().0.gateways.score(gateway_id)
+    }
 }
 
 /// Starts and ends a session of `device` (owner `o1`, request `r1`); its id.

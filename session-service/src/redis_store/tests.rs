@@ -115,6 +115,17 @@ impl Inspect for RedisStore {
         self.raw(redis::cmd("ZCARD").arg(self.keys.device_sessions(device_id)))
             .await
     }
+
+    async fn gateway_score(&self, gateway_id: &str) -> Option<i64> {
+        let score: Option<f64> = self
+            .raw(
+                redis::cmd("ZSCORE")
+                    .arg(self.keys.gateways())
+                    .arg(gateway_id),
+            )
+            .await;
+        score.map(|s| s as i64)
+    }
 }
 
 #[tokio::test]

@@ -30,6 +30,8 @@ macro_rules! conformance_tests {
         $crate::store::conformance::conformance_tests!(@one $make, RETENTION, activity_keeps_maxima_and_refreshes_the_owners_deadline);
         $crate::store::conformance::conformance_tests!(@one $make, RETENTION, activity_in_grace_and_after_a_hand_over);
         $crate::store::conformance::conformance_tests!(@one $make, RETENTION, sweeper_claims_are_exclusive);
+        $crate::store::conformance::conformance_tests!(@one $make, RETENTION, gateway_index_follows_the_rows);
+        $crate::store::conformance::conformance_tests!(@one $make, RETENTION, gateway_schedule_claims_and_forgetting);
         $crate::store::conformance::conformance_tests!(@one $make, RETENTION, listing_is_newest_first_paginated_filtered_and_trimmed);
         $crate::store::conformance::conformance_tests!(@one $make, RETENTION, listing_steps_over_long_runs_of_equal_start_times);
         $crate::store::conformance::conformance_tests!(@one $make, RETENTION, listing_hands_back_a_cursor_after_a_bounded_scan);
@@ -57,6 +59,8 @@ pub(crate) trait Inspect {
     async fn drop_record(&self, session_id: &str);
     /// Entries in the device's listing index.
     async fn device_index_len(&self, device_id: &str) -> usize;
+    /// The gateway's score in the gateway schedule.
+    async fn gateway_score(&self, gateway_id: &str) -> Option<i64>;
 }
 
 pub fn settings() -> Settings {
@@ -65,6 +69,7 @@ pub fn settings() -> Settings {
         idle_timeout_ms: 1_000,
         disconnect_grace_ms: 0,
         drain_grace_ms: 0,
+        subjects: amr_proto::subjects::Subjects::default(),
     }
 }
 
@@ -689,6 +694,191 @@ pub async fn sweeper_claims_are_exclusive<S: SessionStore + Inspect>(s: &S) {
     assert_eq!(s.due(100, 10).await.unwrap(), expected[..2].to_vec());
     assert!(s.due(99, 10).await.unwrap().is_empty());
     assert!(s.due(101, 0).await.unwrap().is_empty());
+}
+
+pub async fn gateway_index_follows_the_rows<S: SessionStore + Inspect>(s: &S) {
+    let now = 6_000_000;
+    let held = |gateway: &'static str| async move { s.gateway_sessions(gateway).await.unwrap() };
+    let before = amr_proto::now_ms();
+    let mut req = start_req("D20", "r1", "o1");
+    req.gateway_id = "gA".into();
+    let id = start(s, &req, now).await;
+    assert_eq!(held("gA").await, vec![id.clone()]);
+    assert!(held("g").await.is_empty());
+    // A gateway holding a session is in the gateway schedule from then on (from the commit's
+    // time, unless a heartbeat put it there before).
+    let first_seen = s.gateway_score("gA").await.unwrap();
+    assert!(first_seen >= before, "{first_seen} < {before}");
+    s.heartbeat("gA", 123).await.unwrap();
+    let mut req2 = start_req("D21", "r1", "o9");
+    req2.gateway_id = "gA".into();
+    let other = start(s, &req2, now).await;
+    assert_eq!(
+        s.gateway_score("gA").await,
+        Some(123),
+        "a commit never moves a heartbeat"
+    );
+    let mut both = vec![id.clone(), other.clone()];
+    both.sort();
+    assert_eq!(held("gA").await, both);
+
+    // Claimed by a connection of gB: the session moves.
+    let claim = |owner: &str, gateway: &str| ClaimRequest {
+        device_id: "D20".into(),
+        session_id: id.clone(),
+        owner: owner.into(),
+        gateway_id: gateway.into(),
+    };
+    let c = claim("o2", "gB");
+    let o1_answered = [machine::Revoked {
+        session_id: id.clone(),
+        owner: "o1".into(),
+        count: machine::RevokedCount::Accepted(0),
+    }];
+    decide_and_commit(s, &[&id], |snap| {
+        machine::claim(&settings(), snap, &c, &o1_answered, now + 10)
+    })
+    .await;
+    assert_eq!(held("gA").await, vec![other.clone()]);
+    assert_eq!(held("gB").await, vec![id.clone()]);
+    // Activity changes no owner.
+    let act = ActivityRequest {
+        device_id: "D20".into(),
+        owner: "o2".into(),
+        reports: vec![CountReport {
+            session_id: id.clone(),
+            accepted: 3,
+        }],
+    };
+    assert!(s.activity(&act, now + 20).await.unwrap().is_empty());
+    assert_eq!(held("gB").await, vec![id.clone()]);
+
+    // Detached (in grace): held by nobody, in no set.
+    let grace = Settings {
+        disconnect_grace_ms: 5_000,
+        ..settings()
+    };
+    let gone = DisconnectRequest {
+        device_id: "D20".into(),
+        session_id: id.clone(),
+        owner: "o2".into(),
+        accepted: 3,
+        drained: false,
+    };
+    decide_and_commit(s, &[&id], |snap| {
+        machine::disconnect(&grace, snap, &gone, now + 30)
+    })
+    .await;
+    assert!(held("gB").await.is_empty());
+    assert_eq!(held("gA").await, vec![other.clone()]);
+    // Resumed by a connection of gA: back in gA's set.
+    let c = claim("o3", "gA");
+    decide_and_commit(s, &[&id], |snap| {
+        machine::claim(&settings(), snap, &c, &[], now + 40)
+    })
+    .await;
+    assert_eq!(held("gA").await, both);
+
+    // Replaced by the same connection's new start on gB: the old one leaves, the new enters.
+    let mut restart = start_req("D20", "r2", "o3");
+    restart.gateway_id = "gB".into();
+    let next = start(s, &restart, now + 50).await;
+    assert_eq!(held("gA").await, vec![other.clone()]);
+    assert_eq!(held("gB").await, vec![next.clone()]);
+    // Ended: in no set.
+    let end = EndRequest {
+        device_id: "D20".into(),
+        session_id: Some(next.clone()),
+        owner: "o3".into(),
+        count: None,
+    };
+    decide_and_commit(s, &[&next], |snap| machine::end(snap, &end, &[], now + 60)).await;
+    assert!(held("gB").await.is_empty());
+
+    // Rows written directly: the index follows the row, whatever wrote it.
+    let x = ids::new_session_id();
+    let mut r = row(&x, "D22", active("o"), 1, 10);
+    r.gateway = "gC".into();
+    // A commit refused by a guard changes no index.
+    assert_eq!(
+        commit(s, vec![version(&x, Some(7))], vec![Write::Put(r.clone())]).await,
+        CommitOutcome::Conflict
+    );
+    assert!(held("gC").await.is_empty());
+    assert_eq!(s.gateway_score("gC").await, None);
+    let mut blank = r.clone();
+    blank.phase = active("");
+    put_all(s, vec![blank]).await;
+    assert!(held("gC").await.is_empty(), "an owner \"\" holds nothing");
+    assert_eq!(s.gateway_score("gC").await, None);
+    put_all(s, vec![r.clone()]).await;
+    assert_eq!(held("gC").await, vec![x.clone()]);
+    let mut moved = r.clone();
+    moved.gateway = "gD".into();
+    put_all(s, vec![moved.clone()]).await;
+    assert!(held("gC").await.is_empty());
+    assert_eq!(held("gD").await, vec![x.clone()]);
+    moved.phase = ended(20);
+    put_all(s, vec![moved]).await;
+    assert!(held("gD").await.is_empty());
+    assert_eq!(held("gA").await, vec![other]);
+}
+
+pub async fn gateway_schedule_claims_and_forgetting<S: SessionStore + Inspect>(s: &S) {
+    s.heartbeat("gX", 1_000).await.unwrap();
+    s.heartbeat("gY", 2_000).await.unwrap();
+    assert!(s.silent_gateways(999, 10).await.unwrap().is_empty());
+    assert_eq!(s.silent_gateways(1_000, 10).await.unwrap(), vec!["gX"]);
+    assert_eq!(
+        s.silent_gateways(5_000, 10).await.unwrap(),
+        vec!["gX", "gY"]
+    );
+    assert_eq!(s.silent_gateways(5_000, 1).await.unwrap(), vec!["gX"]);
+    // A later heartbeat replaces an earlier one.
+    s.heartbeat("gY", 1_500).await.unwrap();
+    assert_eq!(s.gateway_score("gY").await, Some(1_500));
+
+    // One claim per lease; the claim's score is its token.
+    assert!(s.claim_gateway("gX", 1_000, 9_000).await.unwrap());
+    assert!(
+        !s.claim_gateway("gX", 1_000, 9_000).await.unwrap(),
+        "claimed once"
+    );
+    assert_eq!(s.gateway_score("gX").await, Some(9_000));
+    assert_eq!(s.silent_gateways(5_000, 10).await.unwrap(), vec!["gY"]);
+    assert!(!s.claim_gateway("gY", 1_499, 9_000).await.unwrap());
+    assert!(!s.claim_gateway("nobody", i64::MAX, 1).await.unwrap());
+    assert_eq!(s.gateway_score("nobody").await, None);
+
+    // Not forgotten while it holds a session.
+    let id = ids::new_session_id();
+    let mut r = row(&id, "D30", active("o"), 1, 10);
+    r.gateway = "gX".into();
+    put_all(s, vec![r.clone()]).await;
+    assert_eq!(s.gateway_score("gX").await, Some(9_000));
+    assert!(!s.forget_gateway("gX", 9_000).await.unwrap());
+    assert_eq!(s.gateway_sessions("gX").await.unwrap(), vec![id.clone()]);
+    r.phase = ended(5);
+    put_all(s, vec![r]).await;
+    // Nor with another claim's token, nor after a heartbeat since the claim.
+    assert!(!s.forget_gateway("gX", 8_999).await.unwrap());
+    s.heartbeat("gX", 9_500).await.unwrap();
+    assert!(!s.forget_gateway("gX", 9_000).await.unwrap());
+    assert_eq!(s.gateway_score("gX").await, Some(9_500));
+    // Claimed again, empty, no heartbeat since: forgotten.
+    assert!(s.claim_gateway("gX", 9_500, 20_000).await.unwrap());
+    assert!(s.forget_gateway("gX", 20_000).await.unwrap());
+    assert_eq!(s.gateway_score("gX").await, None);
+    assert!(s.gateway_sessions("gX").await.unwrap().is_empty());
+    assert_eq!(s.silent_gateways(i64::MAX, 10).await.unwrap(), vec!["gY"]);
+    assert!(!s.forget_gateway("gX", 20_000).await.unwrap());
+    // A forgotten gateway that holds a session again is scheduled again.
+    let before = amr_proto::now_ms();
+    let again = ids::new_session_id();
+    let mut r = row(&again, "D31", active("o"), 1, 10);
+    r.gateway = "gX".into();
+    put_all(s, vec![r]).await;
+    assert!(s.gateway_score("gX").await.unwrap() >= before);
 }
 
 pub async fn listing_is_newest_first_paginated_filtered_and_trimmed<S: SessionStore + Inspect>(

@@ -13,6 +13,12 @@ use amr_tests::wait::wait_until;
 use amr_tests::{msg, unique_device, Stack, WAIT_TIMEOUT};
 use std::time::Duration;
 
+/// Prints a measured recovery time (run with `--nocapture` to collect them; README's failure
+/// model table quotes them). Never asserted: machines are noisy.
+fn report(what: &str, since: std::time::Instant) {
+    eprintln!("RECOVERY {what}: {} ms", since.elapsed().as_millis());
+}
+
 /// Sends session_start until it succeeds (each failure must be a prompt SERVICE_UNAVAILABLE).
 async fn start_when_available(c: &mut WsClient, dev: &str) -> String {
     let deadline = std::time::Instant::now() + WAIT_TIMEOUT * 2;
@@ -46,9 +52,14 @@ async fn redis_down_fails_session_ops_fast_and_data_keeps_flowing() {
     stack.redis_mut().kill();
     let other_dev = unique_device("FAULT2");
     let mut o = stack.registered_client(0, &other_dev).await;
+    let asked = std::time::Instant::now();
     o.send_json(&msg::session_start(&other_dev)).await;
     // recv is bounded: an answer at all proves "never a hang".
     let e = o.recv_error().await;
+    report(
+        "redis down: session_start answered SERVICE_UNAVAILABLE after",
+        asked,
+    );
     assert_error(&e, ErrorCode::ServiceUnavailable, Some("session_start"));
     o.ping().await;
 
@@ -65,7 +76,9 @@ async fn redis_down_fails_session_ops_fast_and_data_keeps_flowing() {
     )
     .await;
     stack.redis_mut().restart().await;
+    let back = std::time::Instant::now();
     start_when_available(&mut o, &other_dev).await;
+    report("redis restarted: first session_start succeeded after", back);
     wait_until(
         "session service /readyz 200 with Redis back",
         WAIT_TIMEOUT,
@@ -91,8 +104,13 @@ async fn nats_restart_keeps_websockets_and_acked_data() {
     c.ping().await;
 
     stack.nats_mut().restart().await;
+    let back = std::time::Instant::now();
     // The same WebSocket works again once the product reconnected.
     let s2 = start_when_available(&mut c, &dev).await;
+    report(
+        "nats restarted: first session_start on the same WebSocket after",
+        back,
+    );
     c.send_data_acked(&dev, &s2, 1, 2).await;
     assert_eq!(
         stack.stored_count(&dev, &s).await,
@@ -112,7 +130,12 @@ async fn killing_a_session_service_replica_loses_nothing() {
     let s = c.start(&dev).await.session_id;
     c.send_data_acked(&dev, &s, 1, 2).await;
     stack.kill_service(0);
+    let killed = std::time::Instant::now();
     let e = c.end(&dev, &s).await;
+    report(
+        "session-service replica killed: next session_end answered after",
+        killed,
+    );
     assert_eq!((e.reason, e.data_count), (EndReason::ClientRequest, 2));
     let mut ids = vec![s];
     for i in 0..10u64 {
@@ -150,6 +173,7 @@ async fn sigterm_drain_then_resume(fixed_gateway_ids: bool) {
     c.send_data_acked(&dev, &s, 1, 4).await;
 
     stack.term_gateway(0);
+    let termed = std::time::Instant::now();
     let (close, _errors) = c.expect_close().await;
     let close = close.expect("a close frame");
     assert_eq!(u16::from(close.code), 1012, "{close:?}");
@@ -159,6 +183,7 @@ async fn sigterm_drain_then_resume(fixed_gateway_ids: bool) {
             .is_some(),
         "the gateway exits after draining"
     );
+    report("SIGTERM: gateway drained (1012) and exited after", termed);
     stack.restart_gateway(0).await;
 
     let mut c = stack.registered_client(0, &dev).await;
@@ -201,6 +226,7 @@ async fn killed_gateway_sessions_end_gateway_lost() {
     kept.send_data_acked(&kept_dev, &ks, 1, 2).await;
 
     stack.kill_gateway(1);
+    let killed = std::time::Instant::now();
     // The contract's default bound is 30 s; wait a little longer than that.
     let ended = amr_tests::wait::wait_for(
         "the ended event of the lost gateway's session",
@@ -208,6 +234,10 @@ async fn killed_gateway_sessions_end_gateway_lost() {
         || async { events.ended(&ls).into_iter().next().map(|(_, e)| e) },
     )
     .await;
+    report(
+        "gateway killed: its session ended gateway_lost after",
+        killed,
+    );
     assert_eq!(ended.reason, EndReason::GatewayLost, "{ended:?}");
     assert_eq!(
         ended.data_count, 3,
@@ -223,4 +253,41 @@ async fn killed_gateway_sessions_end_gateway_lost() {
     kept.send_data_acked(&kept_dev, &ks, 3, 1).await;
     let e = kept.end(&kept_dev, &ks).await;
     assert_eq!((e.reason, e.data_count), (EndReason::ClientRequest, 3));
+}
+
+/// Idle ends happen exactly once even with two session-service replicas sweeping.
+#[tokio::test]
+async fn idle_ends_exactly_once_with_two_sweeping_replicas() {
+    let stack = Stack::builder()
+        .services(2)
+        .env("AMR_SESSION_IDLE_TIMEOUT", "1s")
+        .start()
+        .await;
+    let events = stack.events().await;
+    let mut sessions = Vec::new();
+    let mut clients = Vec::new();
+    for i in 0..6 {
+        let dev = unique_device(&format!("IDLE{i}"));
+        let mut c = stack.registered_client(0, &dev).await;
+        let s = c.start(&dev).await.session_id;
+        c.send_data_acked(&dev, &s, 1, 2).await;
+        sessions.push(s);
+        clients.push(c);
+    }
+    for (c, s) in clients.iter_mut().zip(&sessions) {
+        let ended = c.recv_ended().await;
+        assert_eq!(&ended.session_id, s);
+        assert_eq!(
+            (ended.reason, ended.data_count),
+            (EndReason::IdleTimeout, 2)
+        );
+    }
+    for s in &sessions {
+        events.wait_ended(s).await;
+    }
+    // A second end by the other replica would show as a second event.
+    amr_tests::wait::absence_window(Duration::from_secs(2)).await;
+    for s in &sessions {
+        assert_eq!(events.ended(s).len(), 1, "exactly one ended event for {s}");
+    }
 }

@@ -159,7 +159,9 @@ impl Connection {
     }
 
     async fn read_loop(&mut self, ws: &mut Ws, ctrl: &mut mpsc::Receiver<Control>) -> Exit {
-        let config = self.shared.config.clone();
+        // Only the few settings the loop reads: this future lives as long as the connection.
+        let shared = self.shared.clone();
+        let config = &shared.config;
         let mut ping = tokio::time::interval(config.ping_interval);
         ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
         ping.tick().await;

@@ -35,7 +35,7 @@ pub async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
 fn ws_config(max_message: usize) -> WebSocketConfig {
     // Small buffers: memory per idle connection is a target; frames above the limit are refused.
     WebSocketConfig::default()
-        .read_buffer_size(8 * 1024)
+        .read_buffer_size(4 * 1024)
         .write_buffer_size(0)
         .max_message_size(Some(max_message))
         .max_frame_size(Some(max_message))

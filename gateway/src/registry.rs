@@ -9,8 +9,10 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, oneshot};
 
-/// Capacity of one connection's control queue; pushes are rare (a few per session).
-pub const CONTROL_QUEUE: usize = 32;
+/// Capacity of one connection's control queue: pushes are rare (a few per session), and a
+/// full queue makes the sender wait in a task of its own, so it stays small (memory per
+/// idle connection is a target).
+pub const CONTROL_QUEUE: usize = 4;
 
 /// Where the answer to a revocation goes.
 #[derive(Debug)]

@@ -69,8 +69,9 @@ impl Events {
             .map_err(|_| "timed out ensuring the sessions stream".to_string())?
     }
 
-    /// Publishes once and waits for the stream's ack; never retried, so that a core NATS
-    /// subscriber sees the event exactly once.
+    /// Publishes once, never retried, so that a core NATS subscriber sees the event exactly
+    /// once. The stream's ack is awaited in the background: the reply to the gateway (sent on
+    /// the same NATS connection, so after the event) does not wait for a JetStream round trip.
     async fn publish<T: Serialize>(
         &self,
         device_id: &str,
@@ -89,19 +90,24 @@ impl Events {
         let message = PublishMessage::build()
             .payload(payload.into())
             .message_id(headers::lifecycle_msg_id(session_id, kind));
-        let sent = async {
-            let ack = self
-                .js
-                .send_publish(subject, message)
-                .await
-                .map_err(|e| e.to_string())?;
-            ack.await.map_err(|e| e.to_string())
+        let sent = tokio::time::timeout(self.timeout, self.js.send_publish(subject, message)).await;
+        let ack = match sent {
+            Ok(Ok(ack)) => ack,
+            Ok(Err(e)) => {
+                warn!(session_id, kind, error = %e, "lifecycle event not sent");
+                return;
+            }
+            Err(_) => {
+                warn!(session_id, kind, "lifecycle event publish timed out");
+                return;
+            }
         };
-        match tokio::time::timeout(self.timeout, sent).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => warn!(session_id, kind, error = %e, "lifecycle event not acknowledged"),
-            Err(_) => warn!(session_id, kind, "lifecycle event publish timed out"),
-        }
+        let (session_id, kind) = (session_id.to_owned(), kind.to_owned());
+        tokio::spawn(async move {
+            if let Err(e) = ack.await {
+                warn!(session_id, kind, error = %e, "lifecycle event not acknowledged by the stream");
+            }
+        });
     }
 }
 

@@ -39,8 +39,11 @@ enum Job {
         /// Set when the client asked for an acknowledgement (`seq`).
         stored: Option<oneshot::Sender<StoreResult>>,
     },
-    /// The session ended: flush and close its file.
-    Close { session_id: String },
+    /// The session ended: flush and close its file; answers when done.
+    Close {
+        session_id: String,
+        done: oneshot::Sender<()>,
+    },
     /// Flush everything (shutdown); answers when done.
     Flush(oneshot::Sender<()>),
 }
@@ -61,14 +64,17 @@ impl FileSink {
         Ok(FileSink { tx })
     }
 
-    /// Flushes and closes one session's file.
+    /// Flushes and closes one session's file; returns when it is done, so that every message
+    /// accepted before the end is in the file before the end is reported.
     pub async fn close(&self, session_id: &str) {
-        let _ = self
-            .tx
-            .send(Job::Close {
-                session_id: session_id.to_owned(),
-            })
-            .await;
+        let (done, flushed) = oneshot::channel();
+        let job = Job::Close {
+            session_id: session_id.to_owned(),
+            done,
+        };
+        if self.tx.send(job).await.is_ok() {
+            let _ = flushed.await;
+        }
     }
 
     /// Flushes every open file; returns when it is done.
@@ -195,13 +201,14 @@ impl Writer {
                     acks.push((tx, result.map(|()| false).map_err(|e| e.to_string())));
                 }
             }
-            Job::Close { session_id } => {
+            Job::Close { session_id, done } => {
                 self.last_seq.remove(&session_id);
                 if let Some(mut f) = self.files.remove(&session_id) {
                     if let Err(e) = f.flush() {
                         tracing::error!(session = %session_id, error = %e, "cannot flush session file");
                     }
                 }
+                let _ = done.send(());
             }
             Job::Flush(done) => {
                 let _ = self.flush_all();

@@ -1,9 +1,9 @@
 //! The binaries under test, built once per test process so that a test never runs a stale one.
 //!
 //! `cargo test --workspace` stays the single test command: the first test that needs a binary
-//! runs `cargo build -p amr-gateway -p amr-session-service --bins` (with `$CARGO` when cargo
-//! runs the tests) and takes the executables' paths from cargo's JSON messages, so the target
-//! directory (`CARGO_TARGET_DIR`, `build.target-dir`, ...) never has to be guessed.
+//! runs `cargo build -p amr-gateway -p amr-session-service -p amr-bridge --bins` (with `$CARGO`
+//! when cargo runs the tests) and takes the executables' paths from cargo's JSON messages, so
+//! the target directory (`CARGO_TARGET_DIR`, `build.target-dir`, ...) never has to be guessed.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -12,10 +12,11 @@ use std::sync::OnceLock;
 
 pub const GATEWAY: &str = "amr-gateway";
 pub const SESSION_SERVICE: &str = "amr-session-service";
-/// The future one-process embedded binary (not built yet).
+/// The one-process binary (embedded mode when `AMR_NATS_URL` is not set).
 pub const EMBEDDED: &str = "amr-bridge";
 
-const PACKAGES: [&str; 2] = [GATEWAY, SESSION_SERVICE];
+/// Every binary under test, built together by one `cargo build`.
+const PACKAGES: [&str; 3] = [GATEWAY, SESSION_SERVICE, EMBEDDED];
 
 /// The workspace root (`tests/..`).
 pub fn workspace_root() -> PathBuf {
@@ -29,6 +30,27 @@ fn build() -> Result<HashMap<String, PathBuf>, String> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(&cargo);
     cmd.current_dir(workspace_root()).arg("build");
+    // Cargo sets these for the test process itself; inherited by this build they would differ
+    // from any build run from a shell (ring's build script watches CARGO_MANIFEST_DIR), and
+    // every switch between the two rebuilds ring, rustls, async-nats and all that depends on
+    // them. Configuration variables (CARGO_TARGET_DIR, CARGO_HOME, CARGO_BUILD_*, ...) stay.
+    for (k, _) in std::env::vars_os() {
+        let Some(k) = k.to_str() else { continue };
+        let set_for_tests = matches!(
+            k,
+            "CARGO_MANIFEST_DIR"
+                | "CARGO_MANIFEST_PATH"
+                | "CARGO_CRATE_NAME"
+                | "CARGO_PRIMARY_PACKAGE"
+                | "CARGO_TARGET_TMPDIR"
+                | "CARGO_RUSTC_CURRENT_DIR"
+        ) || k.starts_with("CARGO_PKG_")
+            || k.starts_with("CARGO_BIN_EXE_")
+            || k.starts_with("CARGO_BIN_NAME");
+        if set_for_tests {
+            cmd.env_remove(k);
+        }
+    }
     for p in PACKAGES {
         cmd.args(["-p", p]);
     }
@@ -41,8 +63,10 @@ fn build() -> Result<HashMap<String, PathBuf>, String> {
         let stderr = String::from_utf8_lossy(&out.stderr);
         let tail: Vec<&str> = stderr.lines().rev().take(60).collect();
         let tail: Vec<&str> = tail.into_iter().rev().collect();
+        let packages: Vec<String> = PACKAGES.iter().map(|p| format!("-p {p}")).collect();
         return Err(format!(
-            "`cargo build -p amr-gateway -p amr-session-service --bins` failed ({}):\n{}",
+            "`cargo build {} --bins` failed ({}):\n{}",
+            packages.join(" "),
             out.status,
             tail.join("\n")
         ));
@@ -80,7 +104,8 @@ fn fallback_path(name: &str) -> PathBuf {
     target.join("debug").join(name)
 }
 
-/// Path of a freshly built binary (`amr-gateway` or `amr-session-service`). Builds on first use
+/// Path of a freshly built binary (`amr-gateway`, `amr-session-service`, `amr-bridge`). Builds
+/// on first use
 /// in this process; panics with cargo's errors if the build fails.
 pub fn binary(name: &str) -> PathBuf {
     static BUILT: OnceLock<Result<HashMap<String, PathBuf>, String>> = OnceLock::new();

@@ -1,17 +1,17 @@
 //! What downstream sees on NATS: a session's sensor messages read back from JetStream
-//! (`AMR_SENSOR`, one subject per session), and lifecycle events on core NATS
-//! (`<p>.session.<deviceId>.created|ended`).
+//! (`AMR_SENSOR`, one subject per session). Lifecycle events (core NATS subscriber, or the
+//! embedded mode's index file) live in [`crate::events`].
 
 use crate::wait::settle;
 use crate::WAIT_TIMEOUT;
-use amr_proto::events::{SessionCreatedEvent, SessionEndedEvent};
 use amr_proto::subjects::{self, Subjects};
 use futures_util::{StreamExt, TryStreamExt};
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// One stored message, mode-neutral: payload bytes and headers (name -> last value).
+/// Distributed mode: `subject` is the NATS subject, `headers` the message's headers.
+/// Embedded mode ([`crate::files`]): `subject` is the session file's path, no headers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredMessage {
     pub subject: String,
@@ -26,6 +26,18 @@ impl StoredMessage {
 
     pub fn payload_str(&self) -> &str {
         std::str::from_utf8(&self.payload).expect("payload is UTF-8 JSON")
+    }
+
+    /// The `seq` field of the stored client message, read from the payload (mode-neutral,
+    /// unlike the `Amr-Seq` header).
+    pub fn payload_seq(&self) -> Option<u64> {
+        let v: serde_json::Value = serde_json::from_slice(&self.payload).unwrap_or_else(|e| {
+            panic!(
+                "stored payload is not JSON ({e}): {}",
+                String::from_utf8_lossy(&self.payload)
+            )
+        });
+        v.get("seq").and_then(serde_json::Value::as_u64)
     }
 }
 
@@ -160,186 +172,6 @@ impl JetStreamReader {
     }
 }
 
-/// A lifecycle event as seen by a core NATS subscriber.
-#[derive(Debug, Clone)]
-pub enum LifecycleEvent {
-    Created {
-        subject: String,
-        event: SessionCreatedEvent,
-        raw: serde_json::Value,
-    },
-    Ended {
-        subject: String,
-        event: SessionEndedEvent,
-        raw: serde_json::Value,
-    },
-    /// A message on `<p>.session.>` that is not a contract event (kept to be asserted on).
-    Other { subject: String, payload: String },
-}
-
-impl LifecycleEvent {
-    pub fn session_id(&self) -> Option<&str> {
-        match self {
-            LifecycleEvent::Created { event, .. } => Some(&event.session_id),
-            LifecycleEvent::Ended { event, .. } => Some(&event.session_id),
-            LifecycleEvent::Other { .. } => None,
-        }
-    }
-
-    pub fn subject(&self) -> &str {
-        match self {
-            LifecycleEvent::Created { subject, .. }
-            | LifecycleEvent::Ended { subject, .. }
-            | LifecycleEvent::Other { subject, .. } => subject,
-        }
-    }
-}
-
-/// Collects every message on `<p>.session.>` from the moment [`EventCollector::start`] returns
-/// (the subscription is confirmed by a round trip through the server).
-pub struct EventCollector {
-    events: Arc<Mutex<Vec<LifecycleEvent>>>,
-    task: tokio::task::JoinHandle<()>,
-    subjects: Subjects,
-}
-
-impl EventCollector {
-    pub async fn start(nats_url: &str, prefix: &str) -> EventCollector {
-        let subjects = Subjects::new(prefix);
-        let client = async_nats::ConnectOptions::new()
-            .connection_timeout(Duration::from_secs(5))
-            .connect(nats_url)
-            .await
-            .unwrap_or_else(|e| panic!("connect to {nats_url}: {e}"));
-        let mut sub = client
-            .subscribe(subjects.session_all())
-            .await
-            .expect("subscribe to lifecycle events");
-        // Barrier: a message to our own inbox comes back only after the server processed
-        // everything sent before it on this connection, the subscription included.
-        let inbox = client.new_inbox();
-        let mut barrier = client
-            .subscribe(inbox.clone())
-            .await
-            .expect("subscribe inbox");
-        client
-            .publish(inbox, "barrier".into())
-            .await
-            .expect("publish barrier");
-        tokio::time::timeout(WAIT_TIMEOUT, barrier.next())
-            .await
-            .expect("barrier message came back")
-            .expect("barrier subscription open");
-        let events = Arc::new(Mutex::new(Vec::new()));
-        let sink = events.clone();
-        let created_suffix = format!(".{}", subjects::EVENT_CREATED);
-        let ended_suffix = format!(".{}", subjects::EVENT_ENDED);
-        let task = tokio::spawn(async move {
-            let _client = client; // keeps the connection alive with the task
-            while let Some(m) = sub.next().await {
-                let subject = m.subject.to_string();
-                let payload = String::from_utf8_lossy(&m.payload).into_owned();
-                let raw: Option<serde_json::Value> = serde_json::from_str(&payload).ok();
-                let ev = match raw {
-                    Some(raw) if subject.ends_with(&created_suffix) => {
-                        match serde_json::from_value::<SessionCreatedEvent>(raw.clone()) {
-                            Ok(event) => LifecycleEvent::Created {
-                                subject,
-                                event,
-                                raw,
-                            },
-                            Err(_) => LifecycleEvent::Other { subject, payload },
-                        }
-                    }
-                    Some(raw) if subject.ends_with(&ended_suffix) => {
-                        match serde_json::from_value::<SessionEndedEvent>(raw.clone()) {
-                            Ok(event) => LifecycleEvent::Ended {
-                                subject,
-                                event,
-                                raw,
-                            },
-                            Err(_) => LifecycleEvent::Other { subject, payload },
-                        }
-                    }
-                    _ => LifecycleEvent::Other { subject, payload },
-                };
-                sink.lock().unwrap_or_else(|e| e.into_inner()).push(ev);
-            }
-        });
-        EventCollector {
-            events,
-            task,
-            subjects,
-        }
-    }
-
-    pub fn subjects(&self) -> &Subjects {
-        &self.subjects
-    }
-
-    /// Every event so far, in arrival order.
-    pub fn all(&self) -> Vec<LifecycleEvent> {
-        self.events
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-    }
-
-    /// Events that name `session` (created and ended).
-    pub fn for_session(&self, session: &str) -> Vec<LifecycleEvent> {
-        self.all()
-            .into_iter()
-            .filter(|e| e.session_id() == Some(session))
-            .collect()
-    }
-
-    pub fn created(&self, session: &str) -> Vec<(String, SessionCreatedEvent)> {
-        self.all()
-            .into_iter()
-            .filter_map(|e| match e {
-                LifecycleEvent::Created { subject, event, .. } if event.session_id == session => {
-                    Some((subject, event))
-                }
-                _ => None,
-            })
-            .collect()
-    }
-
-    pub fn ended(&self, session: &str) -> Vec<(String, SessionEndedEvent)> {
-        self.all()
-            .into_iter()
-            .filter_map(|e| match e {
-                LifecycleEvent::Ended { subject, event, .. } if event.session_id == session => {
-                    Some((subject, event))
-                }
-                _ => None,
-            })
-            .collect()
-    }
-
-    /// Waits (bounded) for the `created` event of `session`.
-    pub async fn wait_created(&self, session: &str) -> SessionCreatedEvent {
-        crate::wait::wait_for(
-            &format!("the created event of {session}"),
-            WAIT_TIMEOUT,
-            || async { self.created(session).into_iter().next().map(|(_, e)| e) },
-        )
-        .await
-    }
-
-    /// Waits (bounded) for the `ended` event of `session`.
-    pub async fn wait_ended(&self, session: &str) -> SessionEndedEvent {
-        crate::wait::wait_for(
-            &format!("the ended event of {session}"),
-            WAIT_TIMEOUT,
-            || async { self.ended(session).into_iter().next().map(|(_, e)| e) },
-        )
-        .await
-    }
-}
-
-impl Drop for EventCollector {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
+/// Lifecycle events moved to [`crate::events`] (they are mode-neutral); re-exported here for the
+/// tests that name them through this module.
+pub use crate::events::{EventCollector, LifecycleEvent};

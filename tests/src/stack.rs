@@ -16,18 +16,30 @@
 //! the stack's temporary directory; when a test fails, the tail of every log is printed.
 //! Children are killed on drop. Set `AMR_TEST_KEEP=1` to keep the directory (path printed).
 //!
-//! Modes: tests that only speak the WebSocket protocol and read sessions back through
-//! [`Stack::stored_messages`] / [`Stack::get_session`] / [`Stack::list_sessions`] do not care
-//! which [`Mode`] runs. Only [`Mode::Distributed`] exists today; a later `Mode::Embedded` (one
-//! `amr-bridge` process, no NATS/Redis, data in files) adds a variant, a branch in
-//! [`StackBuilder::start`] and in the mode-neutral accessors, and leaves the tests alone.
-//! NATS-specific accessors ([`Stack::nats_url`], [`Stack::events`], [`Stack::jetstream`]) panic
-//! in a mode without NATS; tests that need them say so by using them.
+//! Modes ([`Mode`]):
+//! - [`Mode::Distributed`]: `nats-server` + `redis-server` + N `amr-session-service` +
+//!   M `amr-gateway`.
+//! - [`Mode::Embedded`]: ONE `amr-bridge` process without `AMR_NATS_URL` (no NATS, no Redis),
+//!   its `AMR_DATA_DIR` in the stack's directory ([`Stack::data_dir`]). It is the stack's only
+//!   node and stands at index 0 of the gateways: `ws_url(0)`, `http_url(0)`, `client(0)` reach
+//!   it, and [`Stack::api_url`] is its HTTP port. Every builder variable (`env`,
+//!   `gateway_env`, `service_env`) goes to it. `gateways(n)`/`services(n)` with n > 1 panic.
+//!
+//! Mode-neutral accessors: [`Stack::stored_messages`] / [`Stack::stored_payloads`] /
+//! [`Stack::stored_count`] / [`Stack::wait_stored_count`] (JetStream, or the session's NDJSON
+//! file), [`Stack::events`] (core NATS subscriber, or `sessions.ndjson`),
+//! [`Stack::expected_payload`] (what the mode stores for a client's text),
+//! [`Stack::get_session`] / [`Stack::list_sessions`] / [`Stack::sessions_page`],
+//! [`Stack::product_http_urls`]. NATS/Redis-specific accessors ([`Stack::nats_url`],
+//! [`Stack::jetstream`], [`Stack::redis_url`], service nodes) panic in embedded mode; tests
+//! that need them say so by using them.
 
 use crate::binaries;
 use crate::client::WsClient;
+use crate::events::EventCollector;
+use crate::files;
 use crate::http;
-use crate::jetstream::{EventCollector, JetStreamReader, StoredMessage};
+use crate::jetstream::{JetStreamReader, StoredMessage};
 use crate::process::{free_port, log_says_port_in_use, Proc, Spec};
 use crate::servers::{NatsServer, RedisServer};
 use amr_proto::events::{SessionPage, SessionRecord, SessionState};
@@ -46,12 +58,25 @@ const PORT_ATTEMPTS: usize = 4;
 pub enum Mode {
     /// `nats-server` + `redis-server` + N `amr-session-service` + M `amr-gateway`.
     Distributed,
+    /// One `amr-bridge` process (no `AMR_NATS_URL`): sessions in memory, data in NDJSON files.
+    Embedded,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Distributed => "distributed",
+            Mode::Embedded => "embedded",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
     Gateway,
     Service,
+    /// `amr-bridge` in embedded mode: gateway and session service in one process.
+    Bridge,
 }
 
 impl Role {
@@ -59,6 +84,7 @@ impl Role {
         match self {
             Role::Gateway => binaries::GATEWAY,
             Role::Service => binaries::SESSION_SERVICE,
+            Role::Bridge => binaries::EMBEDDED,
         }
     }
 
@@ -66,7 +92,12 @@ impl Role {
         match self {
             Role::Gateway => "gateway",
             Role::Service => "service",
+            Role::Bridge => "bridge",
         }
+    }
+
+    fn has_ws(self) -> bool {
+        matches!(self, Role::Gateway | Role::Bridge)
     }
 }
 
@@ -150,25 +181,48 @@ impl StackBuilder {
     pub async fn start(self) -> Stack {
         match self.mode {
             Mode::Distributed => self.start_distributed().await,
+            Mode::Embedded => self.start_embedded().await,
         }
     }
 
-    async fn start_distributed(self) -> Stack {
-        let gateway_bin = binaries::binary(binaries::GATEWAY);
-        let service_bin = binaries::binary(binaries::SESSION_SERVICE);
+    fn new_stack(&self) -> Stack {
         let dir = tempfile::Builder::new()
-            .prefix("amr-e2e-")
+            .prefix(&format!("amr-e2e-{}-", self.mode.as_str()))
             .tempdir()
             .expect("tempdir");
-        let mut stack = Stack {
+        Stack {
             mode: self.mode,
             prefix: self.prefix.clone(),
             gateways: Vec::new(),
             services: Vec::new(),
             nats: None,
             redis: None,
+            data_dir: None,
             dir: Some(dir),
-        };
+        }
+    }
+
+    /// One `amr-bridge` without `AMR_NATS_URL`, data in `<stack dir>/data`.
+    async fn start_embedded(self) -> Stack {
+        assert!(
+            self.gateways == 1 && self.services == 1,
+            "embedded mode is one process: gateways({}) / services({}) are distributed-only",
+            self.gateways,
+            self.services
+        );
+        let bridge_bin = binaries::binary(binaries::EMBEDDED);
+        let mut stack = self.new_stack();
+        let data_dir = stack.dir().join("data");
+        stack.data_dir = Some(data_dir);
+        let node = stack.spawn_node(Role::Bridge, 0, &bridge_bin, &self).await;
+        stack.gateways.push(node);
+        stack
+    }
+
+    async fn start_distributed(self) -> Stack {
+        let gateway_bin = binaries::binary(binaries::GATEWAY);
+        let service_bin = binaries::binary(binaries::SESSION_SERVICE);
+        let mut stack = self.new_stack();
         // Servers first, then services, then gateways: each waits for what it needs.
         let nats = NatsServer::start_in(Some(stack.dir())).await;
         stack.nats = Some(nats);
@@ -195,7 +249,7 @@ pub struct Node {
     pub role: Role,
     pub index: usize,
     pub http_port: u16,
-    /// Gateways only.
+    /// Gateways (and the bridge) only.
     pub ws_port: Option<u16>,
     pub proc_: Proc,
 }
@@ -217,6 +271,8 @@ pub struct Stack {
     services: Vec<Node>,
     nats: Option<NatsServer>,
     redis: Option<RedisServer>,
+    /// Embedded mode: `AMR_DATA_DIR` (inside `dir`).
+    data_dir: Option<PathBuf>,
     // Last: removed after every process that writes into it is gone.
     dir: Option<TempDir>,
 }
@@ -226,18 +282,30 @@ impl Stack {
         StackBuilder::default()
     }
 
-    /// A default stack: 1 service, 1 gateway, product defaults.
+    /// A default distributed stack: 1 service, 1 gateway, product defaults.
     pub async fn start() -> Stack {
         Self::builder().start().await
+    }
+
+    /// A default stack of `mode` (distributed: 1 service, 1 gateway; embedded: 1 bridge).
+    pub async fn start_mode(mode: Mode) -> Stack {
+        Self::builder().mode(mode).start().await
     }
 
     pub fn mode(&self) -> Mode {
         self.mode
     }
 
-    /// The stack's temporary directory (logs, NATS store, Redis dir).
+    /// The stack's temporary directory (logs, NATS store, Redis dir, embedded data dir).
     pub fn dir(&self) -> &Path {
         self.dir.as_ref().expect("stack dir").path()
+    }
+
+    /// Embedded mode: the bridge's `AMR_DATA_DIR` (session files, `sessions.ndjson`).
+    pub fn data_dir(&self) -> &Path {
+        self.data_dir
+            .as_deref()
+            .expect("only the embedded mode has a data dir")
     }
 
     pub fn prefix(&self) -> &str {
@@ -265,27 +333,36 @@ impl Stack {
         );
         set("NO_COLOR", "1".into());
         set("RUST_BACKTRACE", "1".into());
-        set("AMR_NATS_URL", self.nats_url());
+        // Embedded mode is chosen by the ABSENCE of AMR_NATS_URL (the child inherits no AMR_*).
+        if role != Role::Bridge {
+            set("AMR_NATS_URL", self.nats_url());
+        }
         set("AMR_HTTP_LISTEN", format!("127.0.0.1:{http_port}"));
         if let Some(p) = &self.prefix {
             set("AMR_SUBJECT_PREFIX", p.clone());
         }
-        match role {
-            Role::Service => {
-                set("AMR_REDIS_URL", self.redis_url());
+        if role == Role::Service {
+            set("AMR_REDIS_URL", self.redis_url());
+        }
+        if role.has_ws() {
+            let ws = ws_port.expect("gateway has a ws port");
+            set("AMR_WS_LISTEN", format!("127.0.0.1:{ws}"));
+            if b.fixed_gateway_ids {
+                set("AMR_GATEWAY_ID", format!("gw{index}"));
             }
-            Role::Gateway => {
-                let ws = ws_port.expect("gateway has a ws port");
-                set("AMR_WS_LISTEN", format!("127.0.0.1:{ws}"));
-                if b.fixed_gateway_ids {
-                    set("AMR_GATEWAY_ID", format!("gw{index}"));
-                }
-            }
+        }
+        if role == Role::Bridge {
+            set("AMR_DATA_DIR", self.data_dir().display().to_string());
         }
         env.extend(b.env.iter().cloned());
         match role {
             Role::Gateway => env.extend(b.gateway_env.iter().cloned()),
             Role::Service => env.extend(b.service_env.iter().cloned()),
+            // The bridge is both: it takes every gateway and session-service variable.
+            Role::Bridge => {
+                env.extend(b.service_env.iter().cloned());
+                env.extend(b.gateway_env.iter().cloned());
+            }
         }
         env
     }
@@ -295,7 +372,7 @@ impl Stack {
         let mut last_err = String::new();
         for _ in 0..PORT_ATTEMPTS {
             let http_port = free_port();
-            let ws_port = (role == Role::Gateway).then(free_port);
+            let ws_port = role.has_ws().then(free_port);
             let spec = Spec {
                 name: format!("{}-{index}", role.binary()),
                 program: bin.to_path_buf(),
@@ -336,9 +413,20 @@ impl Stack {
         format!("ws://127.0.0.1:{port}/ws")
     }
 
-    /// HTTP base URL of gateway `i` (`/healthz`, `/readyz`, `/metrics`).
+    /// HTTP base URL of gateway `i` (`/healthz`, `/readyz`, `/metrics`; in embedded mode,
+    /// `i` = 0, also `/api/sessions`).
     pub fn http_url(&self, i: usize) -> String {
         self.gateway(i).http_url()
+    }
+
+    /// `(name, base URL)` of every product process's HTTP side endpoints (`/healthz`,
+    /// `/readyz`, `/metrics`): gateways and services, or the one bridge.
+    pub fn product_http_urls(&self) -> Vec<(String, String)> {
+        self.gateways
+            .iter()
+            .chain(self.services.iter())
+            .map(|n| (n.name(), n.http_url()))
+            .collect()
     }
 
     /// HTTP base URL of session service `i` (also `/api/sessions`).
@@ -350,6 +438,7 @@ impl Stack {
     pub fn api_url(&self) -> String {
         match self.mode {
             Mode::Distributed => self.service_http_url(0),
+            Mode::Embedded => self.http_url(0),
         }
     }
 
@@ -444,6 +533,51 @@ impl Stack {
         }
     }
 
+    fn bridge_index(&self) -> usize {
+        assert_eq!(
+            self.mode,
+            Mode::Embedded,
+            "only the embedded mode has a bridge"
+        );
+        0
+    }
+
+    /// Embedded mode: the one `amr-bridge` node.
+    pub fn bridge(&self) -> &Node {
+        self.gateway(self.bridge_index())
+    }
+
+    /// Embedded mode: SIGTERM the bridge (drain, flush, exit); see [`Stack::wait_bridge_exit`].
+    pub fn term_bridge(&mut self) {
+        let i = self.bridge_index();
+        self.term_gateway(i);
+    }
+
+    /// Embedded mode: sends `sig` (e.g. `libc::SIGINT`) to the bridge without waiting.
+    pub fn signal_bridge(&mut self, sig: i32) {
+        let i = self.bridge_index();
+        self.gateways[i].proc_.signal(sig);
+    }
+
+    /// Embedded mode: SIGKILL the bridge.
+    pub fn kill_bridge(&mut self) {
+        let i = self.bridge_index();
+        self.kill_gateway(i);
+    }
+
+    /// Embedded mode: waits (bounded) for the bridge to exit; `None` if it still runs.
+    pub fn wait_bridge_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let i = self.bridge_index();
+        self.wait_gateway_exit(i, timeout)
+    }
+
+    /// Embedded mode: starts the bridge again with the same ports, environment and data dir,
+    /// and waits until it is ready.
+    pub async fn restart_bridge(&mut self) {
+        let i = self.bridge_index();
+        self.restart_gateway(i).await;
+    }
+
     // ------------------------------------------------------------------ clients and data
 
     /// A WebSocket client connected to gateway `i`.
@@ -458,20 +592,47 @@ impl Stack {
         c
     }
 
-    /// Core NATS subscriber on `<p>.session.>`, subscribed when this returns.
+    /// Lifecycle events from now on (mode-neutral): a core NATS subscriber on `<p>.session.>`,
+    /// subscribed when this returns; in embedded mode the lines appended to `sessions.ndjson`
+    /// from now on.
     pub async fn events(&self) -> EventCollector {
-        EventCollector::start(&self.nats_url(), self.prefix()).await
+        match self.mode {
+            Mode::Distributed => EventCollector::start(&self.nats_url(), self.prefix()).await,
+            Mode::Embedded => {
+                EventCollector::start_file(files::index_file(self.data_dir()), self.prefix())
+            }
+        }
     }
 
-    /// Reader of `AMR_SENSOR`.
+    /// Reader of `AMR_SENSOR` (distributed mode only).
     pub async fn jetstream(&self) -> JetStreamReader {
         JetStreamReader::connect(&self.nats_url(), self.prefix()).await
     }
 
-    /// What the product stored for a session, in order (mode-neutral).
+    /// What the product stored for a session, in order (mode-neutral): the messages of its
+    /// `AMR_SENSOR` subject with their headers, or the lines of its NDJSON file (no headers).
     pub async fn stored_messages(&self, device: &str, session: &str) -> Vec<StoredMessage> {
         match self.mode {
             Mode::Distributed => self.jetstream().await.read_session(device, session).await,
+            Mode::Embedded => files::read_session(self.data_dir(), device, session),
+        }
+    }
+
+    /// The stored payloads of a session, in order, as text (mode-neutral).
+    pub async fn stored_payloads(&self, device: &str, session: &str) -> Vec<String> {
+        self.stored_messages(device, session)
+            .await
+            .into_iter()
+            .map(|m| m.payload_str().to_owned())
+            .collect()
+    }
+
+    /// What this mode stores for a client message `text`: the bytes verbatim (distributed),
+    /// or the text on one line, every whitespace run holding a line break removed (embedded).
+    pub fn expected_payload(&self, text: &str) -> String {
+        match self.mode {
+            Mode::Distributed => text.to_owned(),
+            Mode::Embedded => files::one_line(text),
         }
     }
 
@@ -479,6 +640,7 @@ impl Stack {
     pub async fn stored_count(&self, device: &str, session: &str) -> u64 {
         match self.mode {
             Mode::Distributed => self.jetstream().await.session_count(device, session).await,
+            Mode::Embedded => files::session_count(self.data_dir(), device, session),
         }
     }
 
@@ -490,6 +652,14 @@ impl Stack {
                 let js = self.jetstream().await;
                 js.wait_count(&js.subjects.sensor(device, session), expected)
                     .await
+            }
+            Mode::Embedded => {
+                crate::wait::settle(
+                    crate::WAIT_TIMEOUT,
+                    || async { files::session_count(self.data_dir(), device, session) },
+                    |n| *n >= expected,
+                )
+                .await
             }
         }
     }

@@ -1,18 +1,17 @@
 //! Every reachable error code, with the precedence of protocol.md section 10 and `ref` = the
 //! type of the offending message; the connection stays open except for MESSAGE_TOO_LARGE
-//! (close 1009).
+//! (close 1009). Every test runs in both modes.
 
 use amr_proto::client::types;
 use amr_proto::{EndReason, ErrorCode};
 use amr_tests::checks::assert_error;
-use amr_tests::{msg, unique_device, Stack};
+use amr_tests::{both_modes, msg, unique_device, Mode, Stack};
 use serde_json::json;
 
 /// Not JSON, not an object, no type, type not a string, a field of the wrong type, a binary
 /// frame: INVALID_MESSAGE, and the connection stays open (a ping still gets a pong).
-#[tokio::test]
-async fn invalid_messages_keep_the_connection_open() {
-    let stack = Stack::start().await;
+async fn invalid_messages_keep_the_connection_open(mode: Mode) {
+    let stack = Stack::start_mode(mode).await;
     let dev = unique_device("AMR");
     let mut c = stack.client(0).await;
     let no_ref: [&str; 7] = [
@@ -93,11 +92,11 @@ async fn invalid_messages_keep_the_connection_open() {
     let e = c.end(&dev, &sid).await;
     assert_eq!(e.data_count, 1, "malformed messages are not counted");
 }
+both_modes!(invalid_messages_keep_the_connection_open);
 
 /// An unknown type: UNKNOWN_TYPE, even when other fields are malformed too.
-#[tokio::test]
-async fn unknown_type() {
-    let stack = Stack::start().await;
+async fn unknown_type(mode: Mode) {
+    let stack = Stack::start_mode(mode).await;
     let mut c = stack.client(0).await;
     for v in [
         json!({"type": "hello"}),
@@ -109,12 +108,12 @@ async fn unknown_type() {
         c.ping().await;
     }
 }
+both_modes!(unknown_type);
 
 /// Bad deviceId syntax: INVALID_DEVICE_ID; it wins over NOT_REGISTERED, and loses to a field of
 /// the wrong type.
-#[tokio::test]
-async fn invalid_device_ids() {
-    let stack = Stack::start().await;
+async fn invalid_device_ids(mode: Mode) {
+    let stack = Stack::start_mode(mode).await;
     let mut c = stack.client(0).await;
     let long = "x".repeat(65);
     for bad in [
@@ -154,11 +153,11 @@ async fn invalid_device_ids() {
     let s = c.start(&max).await;
     c.end(&max, &s.session_id).await;
 }
+both_modes!(invalid_device_ids);
 
 /// Session and data messages before device_register: NOT_REGISTERED (ref = their type).
-#[tokio::test]
-async fn not_registered() {
-    let stack = Stack::start().await;
+async fn not_registered(mode: Mode) {
+    let stack = Stack::start_mode(mode).await;
     let dev = unique_device("AMR");
     let mut c = stack.client(0).await;
     let sid = amr_proto::ids::new_session_id();
@@ -190,13 +189,12 @@ async fn not_registered() {
     c.register(&dev, msg::CLIENT_VERSION).await;
     c.start(&dev).await;
 }
+both_modes!(not_registered);
 
 /// One deviceId per connection: another one in device_register or in a later message gets
 /// DEVICE_MISMATCH (before any session rule); repeating the same register is harmless.
-#[tokio::test]
-async fn device_mismatch() {
-    let stack = Stack::start().await;
-    let js = stack.jetstream().await;
+async fn device_mismatch(mode: Mode) {
+    let stack = Stack::start_mode(mode).await;
     let (dev, other) = (unique_device("MINE"), unique_device("OTHER"));
     let mut c = stack.registered_client(0, &dev).await;
 
@@ -244,11 +242,11 @@ async fn device_mismatch() {
     c.send_data_acked(&dev, &sid, 1, 1).await;
     let e = c.end(&dev, &sid).await;
     assert_eq!((e.reason, e.data_count), (EndReason::ClientRequest, 1));
-    let subjects = stack.subjects();
-    assert_eq!(js.count(&subjects.sensor(&dev, &sid)).await, 1);
-    assert_eq!(js.count(&subjects.sensor(&other, &sid)).await, 0);
+    assert_eq!(stack.stored_count(&dev, &sid).await, 1);
+    assert_eq!(stack.stored_count(&other, &sid).await, 0);
     assert!(stack.list_sessions(&other, None).await.is_empty());
 }
+both_modes!(device_mismatch);
 
 fn padded_sensor_data(dev: &str, sid: &str, total: usize) -> String {
     let base = msg::sensor_data(dev, Some(sid), None, json!({"pad": ""})).to_string();
@@ -260,9 +258,9 @@ fn padded_sensor_data(dev: &str, sid: &str, total: usize) -> String {
 
 /// A message over AMR_MAX_FRAME_BYTES gets MESSAGE_TOO_LARGE and a close with code 1009; one
 /// under it is accepted.
-#[tokio::test]
-async fn message_too_large_closes_with_1009() {
+async fn message_too_large_closes_with_1009(mode: Mode) {
     let stack = Stack::builder()
+        .mode(mode)
         .gateway_env("AMR_MAX_FRAME_BYTES", "4096")
         .start()
         .await;
@@ -295,12 +293,13 @@ async fn message_too_large_closes_with_1009() {
         "the oversized message is not forwarded"
     );
 }
+both_modes!(message_too_large_closes_with_1009);
 
 /// The limit applies to a whole message: fragments each under it but together over it get
 /// MESSAGE_TOO_LARGE and 1009; a fragmented message under it is reassembled and accepted.
-#[tokio::test]
-async fn fragmented_message_over_the_limit_closes_with_1009() {
+async fn fragmented_message_over_the_limit_closes_with_1009(mode: Mode) {
     let stack = Stack::builder()
+        .mode(mode)
         .gateway_env("AMR_MAX_FRAME_BYTES", "4096")
         .start()
         .await;
@@ -314,9 +313,8 @@ async fn fragmented_message_over_the_limit_closes_with_1009() {
         e.data_count, 1,
         "fragments under the limit are one accepted message"
     );
-    let stored = stack.stored_messages(&dev, &sid).await;
-    assert_eq!(stored.len(), 1);
-    assert_eq!(stored[0].payload_str(), small, "reassembled verbatim");
+    let stored = stack.stored_payloads(&dev, &sid).await;
+    assert_eq!(stored, vec![small], "reassembled verbatim");
 
     let sid = c.start(&dev).await.session_id;
     // 3 frames of ~2000 bytes: each under 4096, 6000 in total.
@@ -332,3 +330,4 @@ async fn fragmented_message_over_the_limit_closes_with_1009() {
     let close = close.expect("a close frame");
     assert_eq!(u16::from(close.code), 1009, "{close:?}");
 }
+both_modes!(fragmented_message_over_the_limit_closes_with_1009);

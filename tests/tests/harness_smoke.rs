@@ -270,7 +270,11 @@ async fn wait_until_returns_when_the_condition_holds() {
 fn binaries_build_and_exist() {
     // Builds the product binaries once for this process (as every Stack does) and checks that
     // the paths cargo reported exist.
-    for name in [binaries::GATEWAY, binaries::SESSION_SERVICE] {
+    for name in [
+        binaries::GATEWAY,
+        binaries::SESSION_SERVICE,
+        binaries::EMBEDDED,
+    ] {
         let p = binaries::binary(name);
         assert!(p.is_file(), "{}", p.display());
     }

@@ -1,9 +1,11 @@
-//! HTTP side endpoints (protocol.md section 9) and the session records API (section 10).
+//! HTTP side endpoints (protocol.md section 9) and the session records API (section 10), on
+//! every product process: gateway and session service, or the one bridge (embedded mode, whose
+//! HTTP port serves `/api/sessions` too). Every test runs in both modes.
 
 use amr_proto::events::SessionState;
 use amr_proto::EndReason;
 use amr_tests::http;
-use amr_tests::{unique_device, Stack};
+use amr_tests::{both_modes, unique_device, Mode, Stack};
 use std::collections::HashSet;
 
 /// True when `body` is Prometheus text exposition with at least one sample.
@@ -50,9 +52,8 @@ fn check_prometheus_text(body: &str) -> Result<usize, String> {
     Ok(samples)
 }
 
-#[tokio::test]
-async fn health_ready_and_metrics_on_gateway_and_session_service() {
-    let stack = Stack::start().await;
+async fn health_ready_and_metrics_on_every_process(mode: Mode) {
+    let stack = Stack::start_mode(mode).await;
     // Some traffic so that metrics exist.
     let dev = unique_device("AMR");
     let mut c = stack.registered_client(0, &dev).await;
@@ -60,10 +61,13 @@ async fn health_ready_and_metrics_on_gateway_and_session_service() {
     c.send_data(&dev, &s, 2).await;
     c.end(&dev, &s).await;
 
-    for (who, base) in [
-        ("gateway", stack.http_url(0)),
-        ("session service", stack.service_http_url(0)),
-    ] {
+    let processes = stack.product_http_urls();
+    let expected = match mode {
+        Mode::Distributed => 2, // gateway + session service
+        Mode::Embedded => 1,    // the bridge
+    };
+    assert_eq!(processes.len(), expected, "{processes:?}");
+    for (who, base) in processes {
         for path in ["/healthz", "/readyz"] {
             let r = http::get(&format!("{base}{path}")).await;
             assert_eq!(r.status, 200, "{who} {path}: {}", r.body);
@@ -80,12 +84,12 @@ async fn health_ready_and_metrics_on_gateway_and_session_service() {
         }
     }
 }
+both_modes!(health_ready_and_metrics_on_every_process);
 
 /// `GET /api/sessions?deviceId=&state=&limit=&cursor=`: newest first, filtered, paginated with
 /// nextCursor; `GET /api/sessions/<id>`: one record or 404.
-#[tokio::test]
-async fn sessions_api_filters_pages_and_404s() {
-    let stack = Stack::start().await;
+async fn sessions_api_filters_pages_and_404s(mode: Mode) {
+    let stack = Stack::start_mode(mode).await;
     let dev = unique_device("API");
     let mut c = stack.registered_client(0, &dev).await;
     let mut started = Vec::new();
@@ -166,3 +170,4 @@ async fn sessions_api_filters_pages_and_404s() {
         .await
         .is_empty());
 }
+both_modes!(sessions_api_filters_pages_and_404s);

@@ -1,16 +1,18 @@
 //! Ends the client did not ask for (protocol.md section 5): idle timeout, disconnect (close
-//! frame or dropped TCP), and hand-over to another connection of the same device.
+//! frame or dropped TCP), and hand-over to another connection of the same device. Every test
+//! runs in both modes.
 
 use amr_proto::events::SessionState;
 use amr_proto::server::ServerMessage;
 use amr_proto::EndReason;
 use amr_tests::wait::absence_window;
-use amr_tests::{msg, unique_device, Stack};
+use amr_tests::{both_modes, msg, unique_device, Mode, Stack};
 use std::time::Duration;
 
-async fn idle_stack() -> Stack {
+async fn idle_stack(mode: Mode) -> Stack {
     // Gateway and service must agree on the timeout (the gateway scales its activity reports).
     Stack::builder()
+        .mode(mode)
         .env("AMR_SESSION_IDLE_TIMEOUT", "2s")
         .start()
         .await
@@ -18,9 +20,8 @@ async fn idle_stack() -> Stack {
 
 /// No data for the idle timeout: session_ended `idle_timeout` is pushed to the still-connected
 /// client; exactly one `ended` event; exact dataCount.
-#[tokio::test]
-async fn idle_session_ends_and_the_client_is_told() {
-    let stack = idle_stack().await;
+async fn idle_session_ends_and_the_client_is_told(mode: Mode) {
+    let stack = idle_stack(mode).await;
     let events = stack.events().await;
     let dev = unique_device("IDLE");
     let mut c = stack.registered_client(0, &dev).await;
@@ -56,11 +57,11 @@ async fn idle_session_ends_and_the_client_is_told() {
     assert_eq!(again.reason, EndReason::IdleTimeout);
     c.ping().await;
 }
+both_modes!(idle_session_ends_and_the_client_is_told);
 
 /// Data every ~300 ms for ~6 s (three idle timeouts): the session is never ended for idleness.
-#[tokio::test]
-async fn session_with_data_flowing_is_not_ended_for_idleness() {
-    let stack = idle_stack().await;
+async fn session_with_data_flowing_is_not_ended_for_idleness(mode: Mode) {
+    let stack = idle_stack(mode).await;
     let events = stack.events().await;
     let dev = unique_device("BUSY");
     let mut c = stack.registered_client(0, &dev).await;
@@ -77,11 +78,11 @@ async fn session_with_data_flowing_is_not_ended_for_idleness() {
     let e = c.end(&dev, &s).await;
     assert_eq!((e.reason, e.data_count), (EndReason::ClientRequest, 20));
 }
+both_modes!(session_with_data_flowing_is_not_ended_for_idleness);
 
 /// Closing the socket with a close frame ends the session `disconnected`, exact dataCount.
-#[tokio::test]
-async fn close_frame_ends_the_session_disconnected() {
-    let stack = Stack::start().await;
+async fn close_frame_ends_the_session_disconnected(mode: Mode) {
+    let stack = Stack::start_mode(mode).await;
     let events = stack.events().await;
     let dev = unique_device("GONE");
     let mut c = stack.registered_client(0, &dev).await;
@@ -99,11 +100,11 @@ async fn close_frame_ends_the_session_disconnected() {
     );
     assert_eq!(stack.stored_count(&dev, &s).await, 4);
 }
+both_modes!(close_frame_ends_the_session_disconnected);
 
 /// Dropping TCP without a close frame ends the session `disconnected` too.
-#[tokio::test]
-async fn dropped_tcp_ends_the_session_disconnected() {
-    let stack = Stack::start().await;
+async fn dropped_tcp_ends_the_session_disconnected(mode: Mode) {
+    let stack = Stack::start_mode(mode).await;
     let events = stack.events().await;
     let dev = unique_device("GONE");
     let mut c = stack.registered_client(0, &dev).await;
@@ -120,11 +121,11 @@ async fn dropped_tcp_ends_the_session_disconnected() {
         (Some(EndReason::Disconnected), 5)
     );
 }
+both_modes!(dropped_tcp_ends_the_session_disconnected);
 
 /// A closing connection with no session ends nothing and publishes nothing.
-#[tokio::test]
-async fn closing_without_a_session_ends_nothing() {
-    let stack = Stack::start().await;
+async fn closing_without_a_session_ends_nothing(mode: Mode) {
+    let stack = Stack::start_mode(mode).await;
     let events = stack.events().await;
     let dev = unique_device("GONE");
     let mut c = stack.registered_client(0, &dev).await;
@@ -142,13 +143,13 @@ async fn closing_without_a_session_ends_nothing() {
         (Some(EndReason::ClientRequest), Some(e.ended_at))
     );
 }
+both_modes!(closing_without_a_session_ends_nothing);
 
 /// Hand-over: another connection of the same device sends data for the session; the session now
 /// belongs to it, and the OLD connection's close leaves it active. Its dataCount includes both
 /// connections' samples.
-#[tokio::test]
-async fn old_connection_close_after_handover_leaves_the_session_active() {
-    let stack = Stack::start().await;
+async fn old_connection_close_after_handover_leaves_the_session_active(mode: Mode) {
+    let stack = Stack::start_mode(mode).await;
     let events = stack.events().await;
     let dev = unique_device("MOVE");
     let mut old = stack.registered_client(0, &dev).await;
@@ -181,12 +182,12 @@ async fn old_connection_close_after_handover_leaves_the_session_active() {
         "{pending:?}"
     );
 }
+both_modes!(old_connection_close_after_handover_leaves_the_session_active);
 
 /// After a hand-over the NEW connection's close ends the session `disconnected`, with every
 /// sample of both connections counted.
-#[tokio::test]
-async fn new_connection_close_after_handover_ends_the_session() {
-    let stack = Stack::start().await;
+async fn new_connection_close_after_handover_ends_the_session(mode: Mode) {
+    let stack = Stack::start_mode(mode).await;
     let events = stack.events().await;
     let dev = unique_device("MOVE");
     let mut old = stack.registered_client(0, &dev).await;
@@ -199,3 +200,4 @@ async fn new_connection_close_after_handover_ends_the_session() {
     assert_eq!((ev.reason, ev.data_count), (EndReason::Disconnected, 4));
     old.ping().await;
 }
+both_modes!(new_connection_close_after_handover_ends_the_session);

@@ -1,18 +1,17 @@
 //! Legacy v1.0 clients: one session per connection through a provisional sessionId in
-//! device_registered (protocol.md section 6 and section 10).
+//! device_registered (protocol.md section 6 and section 10). Every test runs in both modes.
 
 use amr_proto::events::SessionState;
 use amr_proto::server::ServerMessage;
 use amr_proto::{ids, EndReason};
 use amr_tests::wait::absence_window;
-use amr_tests::{msg, unique_device, Stack};
+use amr_tests::{both_modes, msg, unique_device, Mode, Stack};
 use std::time::Duration;
 
 /// No clientVersion: device_registered carries a provisional sessionId; data with it (or with
 /// no sessionId) lands under that id; closing ends it `disconnected` with the exact dataCount.
-#[tokio::test]
-async fn legacy_client_session_lives_with_its_connection() {
-    let stack = Stack::start().await;
+async fn legacy_client_session_lives_with_its_connection(mode: Mode) {
+    let stack = Stack::start_mode(mode).await;
     let events = stack.events().await;
     let dev = unique_device("OLD");
     let mut c = stack.client(0).await;
@@ -54,18 +53,15 @@ async fn legacy_client_session_lives_with_its_connection() {
         (Some(EndReason::Disconnected), 8)
     );
     assert_eq!(events.created(&p).len(), 1);
-    let stored = stack.stored_messages(&dev, &p).await;
-    let payloads: Vec<&str> = stored.iter().map(|m| m.payload_str()).collect();
-    assert_eq!(
-        payloads,
-        texts.iter().map(String::as_str).collect::<Vec<_>>()
-    );
+    let payloads = stack.stored_payloads(&dev, &p).await;
+    let expected: Vec<String> = texts.iter().map(|t| stack.expected_payload(t)).collect();
+    assert_eq!(payloads, expected);
 }
+both_modes!(legacy_client_session_lives_with_its_connection);
 
 /// A clientVersion below 1.1.0 is a legacy client too.
-#[tokio::test]
-async fn client_version_1_0_is_legacy() {
-    let stack = Stack::start().await;
+async fn client_version_1_0_is_legacy(mode: Mode) {
+    let stack = Stack::start_mode(mode).await;
     let dev = unique_device("OLD");
     let mut c = stack.client(0).await;
     let reg = c.register(&dev, "1.0.0").await;
@@ -76,12 +72,12 @@ async fn client_version_1_0_is_legacy() {
         "{reg:?}"
     );
 }
+both_modes!(client_version_1_0_is_legacy);
 
 /// A legacy connection that sends session_start instead gets a NEW id; the provisional id
 /// never appears anywhere (no record, no event, no data).
-#[tokio::test]
-async fn session_start_on_a_legacy_connection_drops_the_provisional_id() {
-    let stack = Stack::start().await;
+async fn session_start_on_a_legacy_connection_drops_the_provisional_id(mode: Mode) {
+    let stack = Stack::start_mode(mode).await;
     let events = stack.events().await;
     let dev = unique_device("OLD");
     let mut c = stack.client(0).await;
@@ -129,11 +125,11 @@ async fn session_start_on_a_legacy_connection_drops_the_provisional_id() {
     assert_eq!(ended.len(), 1);
     assert_eq!(ended[0].1.reason, EndReason::ClientRequest);
 }
+both_modes!(session_start_on_a_legacy_connection_drops_the_provisional_id);
 
 /// A legacy connection that closes without ever sending data leaves no session at all.
-#[tokio::test]
-async fn legacy_connection_closed_without_data_leaves_no_session() {
-    let stack = Stack::start().await;
+async fn legacy_connection_closed_without_data_leaves_no_session(mode: Mode) {
+    let stack = Stack::start_mode(mode).await;
     let events = stack.events().await;
     let dev = unique_device("OLD");
     let mut c = stack.client(0).await;
@@ -176,3 +172,4 @@ async fn legacy_connection_closed_without_data_leaves_no_session() {
         "{pending:?}"
     );
 }
+both_modes!(legacy_connection_closed_without_data_leaves_no_session);

@@ -1,6 +1,9 @@
 //! Sensor data lands separated per session, verbatim, in order, with the contract's headers
 //! (protocol.md sections 4, 8, 10); data that is not for the device's active session is refused
-//! and never forwarded.
+//! and never forwarded. Every test runs in both modes (`both_modes!`): payloads, order, counts,
+//! dataCount, events and acks are checked in both; headers (`Amr-*`, `Nats-Msg-Id`) and
+//! subjects only in distributed mode. The embedded mode stores each message on one line
+//! ([`Stack::expected_payload`]).
 
 use amr_proto::client::types;
 use amr_proto::server::{ServerMessage, SessionEnded};
@@ -8,7 +11,7 @@ use amr_proto::{headers, ids, now_ms, EndReason, ErrorCode};
 use amr_tests::checks::{assert_error, is_w3c_traceparent};
 use amr_tests::client::WsClient;
 use amr_tests::jetstream::StoredMessage;
-use amr_tests::{msg, unique_device, Stack};
+use amr_tests::{both_modes, msg, unique_device, Mode, Stack};
 use serde_json::json;
 
 /// One session's plan and what the client saw.
@@ -149,11 +152,11 @@ fn check_headers(m: &StoredMessage, s: &SentSession, seq: Option<u64>, i: usize)
 }
 
 /// 5 devices x 3 sessions at once, varying counts, some batches, some with seq: every
-/// `<p>.sensor.<dev>.<sid>` subject holds exactly that session's messages, byte for byte, in
-/// order, with the contract's headers; dataCount counts samples everywhere.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn data_lands_per_session_verbatim_and_in_order() {
-    let stack = Stack::start().await;
+/// `<p>.sensor.<dev>.<sid>` subject (embedded: `<dev>/<sid>.ndjson` file) holds exactly that
+/// session's messages, byte for byte (embedded: in their one-line form), in order, with the
+/// contract's headers (distributed); dataCount counts samples everywhere.
+async fn data_lands_per_session_verbatim_and_in_order(mode: Mode) {
+    let stack = Stack::start_mode(mode).await;
     let events = stack.events().await;
     let tasks: Vec<_> = (0..5u64)
         .map(|d| tokio::spawn(run_device(stack.ws_url(0), d)))
@@ -187,12 +190,15 @@ async fn data_lands_per_session_verbatim_and_in_order() {
         for (i, (m, text)) in stored.iter().zip(&s.texts).enumerate() {
             assert_eq!(
                 m.payload_str(),
-                text,
+                stack.expected_payload(text),
                 "{} message #{i}: the payload must be the client's bytes verbatim, in order",
                 s.session
             );
-            assert_eq!(m.subject, stack.subjects().sensor(&s.device, &s.session));
-            check_headers(m, s, s.seqs[i], i);
+            assert_eq!(m.payload_seq(), s.seqs[i], "{} message #{i}", s.session);
+            if mode == Mode::Distributed {
+                assert_eq!(m.subject, stack.subjects().sensor(&s.device, &s.session));
+                check_headers(m, s, s.seqs[i], i);
+            }
         }
         let ev = events.wait_ended(&s.session).await;
         assert_eq!(ev.data_count, s.samples, "ended event of {}", s.session);
@@ -200,12 +206,12 @@ async fn data_lands_per_session_verbatim_and_in_order() {
         assert_eq!(rec.data_count, s.samples, "record of {}", s.session);
     }
 }
+both_modes!(data_lands_per_session_verbatim_and_in_order, multi_thread);
 
 /// A message without sessionId (absent or null) is attributed to the connection's current
 /// session.
-#[tokio::test]
-async fn data_without_session_id_goes_to_the_current_session() {
-    let stack = Stack::start().await;
+async fn data_without_session_id_goes_to_the_current_session(mode: Mode) {
+    let stack = Stack::start_mode(mode).await;
     let dev = unique_device("AMR");
     let mut c = stack.registered_client(0, &dev).await;
     let sid = c.start(&dev).await.session_id;
@@ -224,19 +230,16 @@ async fn data_without_session_id_goes_to_the_current_session() {
     let e = c.end(&dev, &sid).await;
     assert_eq!(e.data_count, 5);
     assert_eq!(stack.wait_stored_count(&dev, &sid, 4).await, 4);
-    let stored = stack.stored_messages(&dev, &sid).await;
-    let payloads: Vec<&str> = stored.iter().map(|m| m.payload_str()).collect();
-    assert_eq!(
-        payloads,
-        texts.iter().map(String::as_str).collect::<Vec<_>>()
-    );
+    let payloads = stack.stored_payloads(&dev, &sid).await;
+    let expected: Vec<String> = texts.iter().map(|t| stack.expected_payload(t)).collect();
+    assert_eq!(payloads, expected);
 }
+both_modes!(data_without_session_id_goes_to_the_current_session);
 
-/// With seq: an ack of N means everything up to N is stored; a message re-sent with the same
-/// (sessionId, seq) is stored once.
-#[tokio::test]
-async fn acked_data_is_stored_and_a_resent_seq_is_stored_once() {
-    let stack = Stack::start().await;
+/// With seq: an ack of N means everything up to N is stored (embedded: the line is written);
+/// a message re-sent with the same (sessionId, seq) is stored once.
+async fn acked_data_is_stored_and_a_resent_seq_is_stored_once(mode: Mode) {
+    let stack = Stack::start_mode(mode).await;
     let dev = unique_device("AMR");
     let mut c = stack.registered_client(0, &dev).await;
     let sid = c.start(&dev).await.session_id;
@@ -254,25 +257,35 @@ async fn acked_data_is_stored_and_a_resent_seq_is_stored_once() {
         "a re-sent (sessionId, seq) must be stored once"
     );
     let stored = stack.stored_messages(&dev, &sid).await;
-    let seqs: Vec<String> = stored
-        .iter()
-        .map(|m| m.header(headers::SEQ).unwrap_or("-").to_owned())
-        .collect();
-    let expected: Vec<String> = (1..=31).map(|n| n.to_string()).collect();
+    let seqs: Vec<Option<u64>> = stored.iter().map(|m| m.payload_seq()).collect();
+    let expected: Vec<Option<u64>> = (1..=31).map(Some).collect();
     assert_eq!(seqs, expected);
+    if mode == Mode::Distributed {
+        let header_seqs: Vec<String> = stored
+            .iter()
+            .map(|m| m.header(headers::SEQ).unwrap_or("-").to_owned())
+            .collect();
+        let expected: Vec<String> = (1..=31).map(|n| n.to_string()).collect();
+        assert_eq!(header_seqs, expected);
+    }
+    let payloads: Vec<&str> = stored.iter().map(|m| m.payload_str()).collect();
+    assert_eq!(
+        payloads[..30],
+        sent.iter().map(String::as_str).collect::<Vec<_>>()[..]
+    );
     for a in &c.acks {
         assert_eq!(a.session_id, sid);
     }
-    c.end(&dev, &sid).await;
+    let e = c.end(&dev, &sid).await;
+    assert_eq!(e.data_count, 31, "a re-sent seq is counted once");
 }
+both_modes!(acked_data_is_stored_and_a_resent_seq_is_stored_once);
 
 /// Data for a session that is not the device's active one (ended, unknown, another device's)
 /// gets SESSION_NOT_ACTIVE naming that id and is not forwarded; no session and no sessionId
 /// gets NO_ACTIVE_SESSION.
-#[tokio::test]
-async fn refused_data_is_not_forwarded() {
-    let stack = Stack::start().await;
-    let js = stack.jetstream().await;
+async fn refused_data_is_not_forwarded(mode: Mode) {
+    let stack = Stack::start_mode(mode).await;
     let (dev, other) = (unique_device("MINE"), unique_device("OTHER"));
 
     // Another device with an active session and 2 samples.
@@ -326,16 +339,15 @@ async fn refused_data_is_not_forwarded() {
     assert_eq!(e.error_code, ErrorCode::NoActiveSession, "{e:?}");
     c4.ping().await;
 
-    let subjects = stack.subjects();
     assert_eq!(
-        js.count(&subjects.sensor(&dev, &ended)).await,
+        stack.stored_count(&dev, &ended).await,
         2,
         "ended session unchanged"
     );
-    assert_eq!(js.count(&subjects.sensor(&dev, &unknown)).await, 0);
-    assert_eq!(js.count(&subjects.sensor(&dev, &so)).await, 0);
+    assert_eq!(stack.stored_count(&dev, &unknown).await, 0);
+    assert_eq!(stack.stored_count(&dev, &so).await, 0);
     assert_eq!(
-        js.count(&subjects.sensor(&other, &so)).await,
+        stack.stored_count(&other, &so).await,
         2,
         "other device unchanged"
     );
@@ -354,3 +366,4 @@ async fn refused_data_is_not_forwarded() {
         "{pending:?}"
     );
 }
+both_modes!(refused_data_is_not_forwarded);

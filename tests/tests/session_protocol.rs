@@ -1,6 +1,8 @@
 //! Sessions over one kept-open WebSocket connection: the client team's checklist
 //! (client-request.md), lifecycle events, conflict policies, racing starts, requestId retries
-//! and the rules of `session_end` (protocol.md sections 3 and 10).
+//! and the rules of `session_end` (protocol.md sections 3 and 10). Every test runs in both modes
+//! (`both_modes!`) except those that need two gateways (distributed only); lifecycle subjects
+//! are checked in distributed mode, the events themselves in both.
 
 use amr_proto::events::SessionState;
 use amr_proto::server::{ServerMessage, SessionCreated, SessionEnded};
@@ -9,7 +11,7 @@ use amr_proto::{ids, EndReason, ErrorCode};
 use amr_tests::checks::assert_error;
 use amr_tests::jetstream::LifecycleEvent;
 use amr_tests::wait::absence_window;
-use amr_tests::{msg, unique_device, Stack};
+use amr_tests::{both_modes, msg, unique_device, Mode, Stack};
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
@@ -23,9 +25,8 @@ fn is_created(m: &ServerMessage) -> bool {
 
 /// Checklist: register (no sessionId for 1.1.0) -> start -> data -> end -> start again on the
 /// SAME connection gives a new id.
-#[tokio::test]
-async fn checklist_normal_flow_on_one_connection() {
-    let stack = Stack::start().await;
+async fn checklist_normal_flow_on_one_connection(mode: Mode) {
+    let stack = Stack::start_mode(mode).await;
     let events = stack.events().await;
     let dev = unique_device("AMR");
     let mut c = stack.client(0).await;
@@ -88,11 +89,11 @@ async fn checklist_normal_flow_on_one_connection() {
     assert_eq!(stack.wait_stored_count(&dev, &s1.session_id, 5).await, 5);
     assert_eq!(stack.wait_stored_count(&dev, &s2.session_id, 3).await, 3);
 }
+both_modes!(checklist_normal_flow_on_one_connection);
 
 /// Checklist: many sessions created and ended over one kept-open connection.
-#[tokio::test]
-async fn twenty_sessions_on_one_connection() {
-    let stack = Stack::start().await;
+async fn twenty_sessions_on_one_connection(mode: Mode) {
+    let stack = Stack::start_mode(mode).await;
     let dev = unique_device("AMR");
     let mut c = stack.registered_client(0, &dev).await;
     let mut ids_seen = HashSet::new();
@@ -131,12 +132,12 @@ async fn twenty_sessions_on_one_connection() {
         "no session may stay active"
     );
 }
+both_modes!(twenty_sessions_on_one_connection);
 
 /// Checklist: a consecutive session_start auto-ends the previous session; the requester gets no
 /// session_ended for it (protocol.md 3), and the replaced session's dataCount is exact.
-#[tokio::test]
-async fn consecutive_start_replaces_the_previous_session() {
-    let stack = Stack::start().await;
+async fn consecutive_start_replaces_the_previous_session(mode: Mode) {
+    let stack = Stack::start_mode(mode).await;
     let events = stack.events().await;
     let dev = unique_device("AMR");
     let mut c = stack.registered_client(0, &dev).await;
@@ -183,12 +184,13 @@ async fn consecutive_start_replaces_the_previous_session() {
     assert_eq!(stack.wait_stored_count(&dev, &s1, 3).await, 3);
     assert_eq!(stack.wait_stored_count(&dev, &s2, 2).await, 2);
 }
+both_modes!(consecutive_start_replaces_the_previous_session);
 
-/// Exactly one `created` and one `ended` event per session on `<p>.session.<dev>.created|ended`,
-/// with the fields of protocol.md section 10, for every way a session ends.
-#[tokio::test]
-async fn lifecycle_events_exactly_once_with_contract_fields() {
-    let stack = Stack::start().await;
+/// Exactly one `created` and one `ended` event per session on `<p>.session.<dev>.created|ended`
+/// (embedded: one line each in `sessions.ndjson`), with the fields of protocol.md section 10,
+/// for every way a session ends.
+async fn lifecycle_events_exactly_once_with_contract_fields(mode: Mode) {
+    let stack = Stack::start_mode(mode).await;
     let events = stack.events().await;
     let subjects = stack.subjects();
     let (dev_a, dev_b) = (unique_device("EVA"), unique_device("EVB"));
@@ -232,8 +234,10 @@ async fn lifecycle_events_exactly_once_with_contract_fields() {
         assert_eq!(ended.len(), 1, "exactly one ended event for {s}: {ended:?}");
         let (c_subject, c) = &created[0];
         let (e_subject, e) = &ended[0];
-        assert_eq!(c_subject, &subjects.session_event(dev, EVENT_CREATED));
-        assert_eq!(e_subject, &subjects.session_event(dev, EVENT_ENDED));
+        if mode == Mode::Distributed {
+            assert_eq!(c_subject, &subjects.session_event(dev, EVENT_CREATED));
+            assert_eq!(e_subject, &subjects.session_event(dev, EVENT_ENDED));
+        }
         assert_eq!((&c.device_id, &e.device_id), (dev, dev));
         assert_eq!(
             c.replaced_session_id.as_ref(),
@@ -257,7 +261,7 @@ async fn lifecycle_events_exactly_once_with_contract_fields() {
             )
         );
     }
-    // Nothing on the lifecycle subjects but contract events.
+    // Nothing on the lifecycle subjects (in the index) but contract events.
     let others: Vec<LifecycleEvent> = events
         .all()
         .into_iter()
@@ -268,6 +272,7 @@ async fn lifecycle_events_exactly_once_with_contract_fields() {
         "messages outside the contract on <p>.session.>: {others:?}"
     );
 }
+both_modes!(lifecycle_events_exactly_once_with_contract_fields);
 
 async fn replace_from_another_connection(stack: &Stack, gw_a: usize, gw_b: usize) {
     let events = stack.events().await;
@@ -310,11 +315,11 @@ async fn replace_from_another_connection(stack: &Stack, gw_a: usize, gw_b: usize
 }
 
 /// replace (default) from ANOTHER connection: the old connection gets session_ended `replaced`.
-#[tokio::test]
-async fn replace_from_another_connection_tells_the_old_connection() {
-    let stack = Stack::start().await;
+async fn replace_from_another_connection_tells_the_old_connection(mode: Mode) {
+    let stack = Stack::start_mode(mode).await;
     replace_from_another_connection(&stack, 0, 0).await;
 }
+both_modes!(replace_from_another_connection_tells_the_old_connection);
 
 /// The same across gateway replicas (2 gateways, 2 session services).
 #[tokio::test]
@@ -325,9 +330,9 @@ async fn replace_from_another_gateway_tells_the_old_connection() {
 
 /// `reject`: a second start gets SESSION_ALREADY_ACTIVE carrying the active sessionId, from the
 /// same connection and from another one; the active session is untouched.
-#[tokio::test]
-async fn reject_policy_refuses_a_second_start() {
+async fn reject_policy_refuses_a_second_start(mode: Mode) {
     let stack = Stack::builder()
+        .mode(mode)
         .service_env("AMR_CONFLICT_POLICY", "reject")
         .start()
         .await;
@@ -360,6 +365,7 @@ async fn reject_policy_refuses_a_second_start() {
     let s2 = b.start(&dev).await;
     assert_eq!(s2.replaced_session_id, None);
 }
+both_modes!(reject_policy_refuses_a_second_start);
 
 /// Two connections of one device send session_start at the same moment, for many rounds:
 /// after each round exactly one session of the device is active, the other ended `replaced`.
@@ -469,11 +475,11 @@ async fn racing_starts(stack: &Stack, gw_a: usize, gw_b: usize, rounds: usize) {
     }
 }
 
-#[tokio::test]
-async fn racing_starts_on_one_gateway_leave_exactly_one_active_session() {
-    let stack = Stack::start().await;
+async fn racing_starts_on_one_gateway_leave_exactly_one_active_session(mode: Mode) {
+    let stack = Stack::start_mode(mode).await;
     racing_starts(&stack, 0, 0, 40).await;
 }
+both_modes!(racing_starts_on_one_gateway_leave_exactly_one_active_session);
 
 #[tokio::test]
 async fn racing_starts_on_two_gateways_leave_exactly_one_active_session() {
@@ -482,15 +488,19 @@ async fn racing_starts_on_two_gateways_leave_exactly_one_active_session() {
 }
 
 /// A retried session_start with the same requestId returns the same session, never a second
-/// one, on the same connection and from another connection on another gateway (scope: per
-/// device, across connections and replicas).
-#[tokio::test]
-async fn request_id_retry_returns_the_same_session() {
-    let stack = Stack::builder().gateways(2).services(2).start().await;
+/// one, on the same connection and from another connection (distributed: on another gateway,
+/// with two session services; scope: per device, across connections and replicas).
+async fn request_id_retry_returns_the_same_session(mode: Mode) {
+    let stack = match mode {
+        Mode::Distributed => Stack::builder().gateways(2).services(2).start().await,
+        Mode::Embedded => Stack::start_mode(mode).await,
+    };
     let events = stack.events().await;
     let dev = unique_device("AMR");
     let mut a = stack.registered_client(0, &dev).await;
-    let mut b = stack.registered_client(1, &dev).await;
+    let mut b = stack
+        .registered_client(stack.gateway_count() - 1, &dev)
+        .await;
 
     let first = a.start_with_request(&dev, "req-1").await;
     let again = a.start_with_request(&dev, "req-1").await;
@@ -528,6 +538,7 @@ async fn request_id_retry_returns_the_same_session() {
     assert_eq!(created_for_dev, 2, "one created event per session");
     assert_eq!(stack.list_sessions(&dev, None).await.len(), 2);
 }
+both_modes!(request_id_retry_returns_the_same_session);
 
 fn figures(e: &SessionEnded) -> (String, EndReason, i64, i64, u64) {
     (
@@ -541,9 +552,8 @@ fn figures(e: &SessionEnded) -> (String, EndReason, i64, i64, u64) {
 
 /// Ending a session that already ended answers session_ended again with the original reason
 /// and figures (also from another connection of the device).
-#[tokio::test]
-async fn session_end_is_idempotent() {
-    let stack = Stack::start().await;
+async fn session_end_is_idempotent(mode: Mode) {
+    let stack = Stack::start_mode(mode).await;
     let dev = unique_device("AMR");
     let mut a = stack.registered_client(0, &dev).await;
     let s = a.start(&dev).await.session_id;
@@ -564,11 +574,11 @@ async fn session_end_is_idempotent() {
     let e = a.end(&dev, &r1).await;
     assert_eq!((e.reason, e.data_count), (EndReason::Replaced, 2));
 }
+both_modes!(session_end_is_idempotent);
 
 /// session_end without sessionId ends the active session; with none active: NO_ACTIVE_SESSION.
-#[tokio::test]
-async fn session_end_without_session_id() {
-    let stack = Stack::start().await;
+async fn session_end_without_session_id(mode: Mode) {
+    let stack = Stack::start_mode(mode).await;
     let dev = unique_device("AMR");
     let mut c = stack.registered_client(0, &dev).await;
 
@@ -590,12 +600,12 @@ async fn session_end_without_session_id() {
     assert_error(&e, ErrorCode::NoActiveSession, Some("session_end"));
     c.ping().await;
 }
+both_modes!(session_end_without_session_id);
 
 /// Unknown sessionId, or one of another device: SESSION_NOT_FOUND, and the other device's
 /// session is unaffected.
-#[tokio::test]
-async fn session_end_of_unknown_or_foreign_session_is_not_found() {
-    let stack = Stack::start().await;
+async fn session_end_of_unknown_or_foreign_session_is_not_found(mode: Mode) {
+    let stack = Stack::start_mode(mode).await;
     let (dev_a, dev_b) = (unique_device("MINE"), unique_device("THEIRS"));
     let mut a = stack.registered_client(0, &dev_a).await;
     let mut b = stack.registered_client(0, &dev_b).await;
@@ -622,3 +632,4 @@ async fn session_end_of_unknown_or_foreign_session_is_not_found() {
     let e = a.end(&dev_a, &sa).await;
     assert_eq!((e.reason, e.data_count), (EndReason::ClientRequest, 0));
 }
+both_modes!(session_end_of_unknown_or_foreign_session_is_not_found);

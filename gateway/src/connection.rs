@@ -121,6 +121,9 @@ pub struct Connection {
     recent: VecDeque<Recent>,
     /// Ends pushed for sessions that were not current yet (see `apply_early_end`).
     early_ends: VecDeque<SessionEndedEvent>,
+    /// Sessions this connection held when its own start raced another connection's start
+    /// that ended them: their `session_ended` is still owed to the client.
+    owed_notices: VecDeque<String>,
     coalesce: Option<Coalesce>,
     last_seen: Instant,
     /// JetStream publishes awaiting their ack, in the order they were sent.
@@ -144,6 +147,7 @@ impl Connection {
             current: None,
             recent: VecDeque::new(),
             early_ends: VecDeque::new(),
+            owed_notices: VecDeque::new(),
             coalesce: None,
             last_seen: Instant::now(),
             inflight: FuturesOrdered::new(),
@@ -443,6 +447,14 @@ impl Connection {
                     // The previous session (if it was ever real) is over: either this start
                     // replaced it, or it had ended already. A provisional id just vanishes.
                     if !prev.provisional {
+                        if ok.replaced_session_id.as_deref() != Some(prev.id.as_str()) {
+                            // Another connection's start ended it meanwhile; its notice is
+                            // still on the way and the client is owed it.
+                            if self.owed_notices.len() == RECENT_SESSIONS {
+                                self.owed_notices.pop_front();
+                            }
+                            self.owed_notices.push_back(prev.id.clone());
+                        }
                         self.remember(prev.id, prev.accepted, true);
                     }
                 }
@@ -524,16 +536,7 @@ impl Connection {
                     self.mark_ended(&ended.session_id);
                 }
                 tracing::info!(conn = %self.conn_id, device = %device, session = %ended.session_id, data_count = ended.data_count, "session ended by client");
-                let msg = ServerMessage::SessionEnded(SessionEnded {
-                    session_id: ended.session_id,
-                    device_id: ended.device_id,
-                    timestamp: now_ms(),
-                    reason: ended.reason,
-                    started_at: ended.started_at,
-                    ended_at: ended.ended_at,
-                    data_count: ended.data_count,
-                });
-                self.send(ws, msg).await;
+                self.send(ws, session_ended_message(ended)).await;
             }
             Err(e) => {
                 if let (Some(held), Some(c)) = (held_before, self.current.as_mut()) {
@@ -794,9 +797,22 @@ impl Connection {
                     .as_ref()
                     .is_some_and(|c| c.id == ended.session_id);
                 if !is_current {
+                    self.mark_ended(&ended.session_id);
+                    if let Some(pos) = self
+                        .owed_notices
+                        .iter()
+                        .position(|id| *id == ended.session_id)
+                    {
+                        // The session this connection held when its own start raced another
+                        // connection's: the contract says its holder is told.
+                        self.owed_notices.remove(pos);
+                        if let Some(ws) = ws {
+                            self.send(ws, session_ended_message(ended)).await;
+                        }
+                        return;
+                    }
                     // It may be the session a start or claim in flight is about to make current
                     // (a racing start replaced it first): kept until that answer arrives.
-                    self.mark_ended(&ended.session_id);
                     if self.early_ends.len() == RECENT_SESSIONS {
                         self.early_ends.pop_front();
                     }
@@ -815,16 +831,7 @@ impl Connection {
         }
         tracing::info!(conn = %self.conn_id, session = %ended.session_id, reason = %ended.reason, "session ended by the service");
         if let Some(ws) = ws {
-            let msg = ServerMessage::SessionEnded(SessionEnded {
-                session_id: ended.session_id,
-                device_id: ended.device_id,
-                timestamp: now_ms(),
-                reason: ended.reason,
-                started_at: ended.started_at,
-                ended_at: ended.ended_at,
-                data_count: ended.data_count,
-            });
-            self.send(ws, msg).await;
+            self.send(ws, session_ended_message(ended)).await;
         }
     }
 
@@ -1091,6 +1098,18 @@ impl Connection {
     fn count_in(&self, kind: &'static str) {
         metrics::counter!("amr_gateway_messages_in_total", "type" => kind).increment(1);
     }
+}
+
+fn session_ended_message(ended: SessionEndedEvent) -> ServerMessage {
+    ServerMessage::SessionEnded(SessionEnded {
+        session_id: ended.session_id,
+        device_id: ended.device_id,
+        timestamp: now_ms(),
+        reason: ended.reason,
+        started_at: ended.started_at,
+        ended_at: ended.ended_at,
+        data_count: ended.data_count,
+    })
 }
 
 fn req_session(current: &Option<Current>) -> &str {

@@ -291,3 +291,76 @@ async fn idle_ends_exactly_once_with_two_sweeping_replicas() {
         assert_eq!(events.ended(s).len(), 1, "exactly one ended event for {s}");
     }
 }
+
+/// kill -9 of a session-service replica DURING a stream of starts and ends from several
+/// devices: every request is answered (created/ended, or SERVICE_UNAVAILABLE within the
+/// request timeout, never a hang), and no session is doubled or left behind: the gateway
+/// re-sends a request that died with the replica, with the same requestId.
+#[tokio::test]
+async fn killing_a_session_service_replica_mid_stream_answers_every_request() {
+    let mut stack = Stack::builder().services(2).start().await;
+    let mut tasks = Vec::new();
+    for i in 0..6 {
+        let dev = unique_device(&format!("MID{i}"));
+        let mut c = stack.registered_client(0, &dev).await;
+        tasks.push(tokio::spawn(async move {
+            let mut created = Vec::new();
+            for _ in 0..25 {
+                c.send_json(&msg::session_start(&dev)).await;
+                let sid = match c.recv_non_ack().await {
+                    ServerMessage::SessionCreated(s) => s.session_id,
+                    ServerMessage::Error(e) => {
+                        assert_eq!(e.error_code, ErrorCode::ServiceUnavailable, "{e:?}");
+                        continue;
+                    }
+                    other => panic!("unexpected {other:?}"),
+                };
+                created.push(sid.clone());
+                loop {
+                    c.send_json(&msg::session_end(&dev, Some(&sid))).await;
+                    match c.recv_non_ack().await {
+                        ServerMessage::SessionEnded(e) => {
+                            assert_eq!(e.session_id, sid);
+                            break;
+                        }
+                        ServerMessage::Error(e) => {
+                            assert_eq!(e.error_code, ErrorCode::ServiceUnavailable, "{e:?}")
+                        }
+                        other => panic!("unexpected {other:?}"),
+                    }
+                }
+            }
+            (dev, created)
+        }));
+    }
+    // Let the stream get going, then kill one replica in the middle of it.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stack.kill_service(0);
+    let killed = std::time::Instant::now();
+    let mut results = Vec::new();
+    for t in tasks {
+        results.push(t.await.expect("client task"));
+    }
+    report(
+        "session-service replica killed mid-stream: all clients done after",
+        killed,
+    );
+    let api = stack.service_http_url(1);
+    for (dev, created) in results {
+        let r = amr_tests::http::get(&format!("{api}/api/sessions?deviceId={dev}")).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        let all = serde_json::from_str::<amr_proto::events::SessionPage>(&r.body)
+            .expect("a session page")
+            .sessions;
+        assert_eq!(
+            all.len(),
+            created.len(),
+            "{dev}: one stored session per session_created, none doubled by a retry"
+        );
+        assert!(
+            all.iter()
+                .all(|r| r.state == SessionState::Ended && created.contains(&r.session_id)),
+            "{dev}: {all:?}"
+        );
+    }
+}

@@ -364,3 +364,42 @@ async fn killing_a_session_service_replica_mid_stream_answers_every_request() {
         );
     }
 }
+
+/// SIGTERM to one of two gateways: the client reconnects to the OTHER gateway within the drain
+/// grace and keeps sending with its sessionId: the same session continues (not split), with an
+/// exact dataCount.
+#[tokio::test]
+async fn sigterm_drain_then_resume_on_the_other_gateway() {
+    let mut stack = Stack::builder()
+        .gateways(2)
+        .gateway_env("AMR_DRAIN_TIMEOUT", "5s")
+        .start()
+        .await;
+    let events = stack.events().await;
+    let dev = unique_device("DRAIN2");
+    let mut c = stack.registered_client(0, &dev).await;
+    let s = c.start(&dev).await.session_id;
+    c.send_data_acked(&dev, &s, 1, 4).await;
+
+    stack.term_gateway(0);
+    let (close, _errors) = c.expect_close().await;
+    let close = close.expect("a close frame");
+    assert_eq!(u16::from(close.code), 1012, "{close:?}");
+
+    let mut c = stack.registered_client(1, &dev).await;
+    c.send_data_acked(&dev, &s, 5, 3).await;
+    let e = c.end(&dev, &s).await;
+    assert_eq!(
+        (e.reason, e.data_count),
+        (EndReason::ClientRequest, 7),
+        "the drained session resumed on the other gateway, not split"
+    );
+    assert_eq!(events.wait_ended(&s).await.data_count, 7);
+    assert_eq!(stack.stored_count(&dev, &s).await, 7);
+    assert!(
+        stack
+            .wait_gateway_exit(0, Duration::from_secs(20))
+            .is_some(),
+        "the drained gateway exits"
+    );
+}

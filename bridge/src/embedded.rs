@@ -73,12 +73,12 @@ impl Connections for LocalConnections {
                 return RevokedCount::StreamTotal(None);
             };
             let (tx, rx) = oneshot::channel();
-            let control = Control::Pushed {
-                event: ConnEvent::Revoke {
+            let control = Control::pushed(
+                ConnEvent::Revoke {
                     session_id: session_id.to_owned(),
                 },
-                reply: Some(ReplyTo::Local(tx)),
-            };
+                Some(ReplyTo::Local(tx)),
+            );
             self.registry.deliver(conn_id, control).await;
             match tokio::time::timeout(self.timeout, rx).await {
                 Ok(Ok(reply)) if reply.session_id == session_id => {
@@ -95,10 +95,7 @@ impl Connections for LocalConnections {
     fn push_ended<'a>(&'a self, owner: &'a str, event: &'a SessionEndedEvent) -> BoxFuture<'a, ()> {
         async move {
             if let Some(conn_id) = self.subjects.conn_id_of(owner) {
-                let control = Control::Pushed {
-                    event: ConnEvent::SessionEnded(event.clone()),
-                    reply: None,
-                };
+                let control = Control::pushed(ConnEvent::SessionEnded(event.clone()), None);
                 self.registry.deliver(conn_id, control).await;
             }
         }

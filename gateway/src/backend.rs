@@ -30,6 +30,8 @@ pub trait SessionApi: Send + Sync + 'static {
 pub struct Stamp<'a> {
     pub device_id: &'a str,
     pub session_id: &'a str,
+    /// The session's sensor subject, built once per session (a cheap clone per message).
+    pub subject: &'a Bytes,
     /// The session's running sample count including this message.
     pub data_count: u64,
     /// W3C traceparent of this message.

@@ -8,6 +8,7 @@
 
 use crate::acks::AckPoint;
 use crate::backend::{Published, Stamp};
+use crate::deadline::Deadline;
 use crate::forward::TraceIds;
 use crate::registry::Control;
 use crate::Shared;
@@ -62,6 +63,8 @@ struct Current {
     /// False after a revocation: the next message must claim the session again.
     held: bool,
     trace: TraceIds,
+    /// The session's sensor subject, built on its first message.
+    subject: Option<Bytes>,
 }
 
 impl Current {
@@ -74,6 +77,7 @@ impl Current {
             provisional,
             held: !provisional,
             trace: TraceIds::new(),
+            subject: None,
         }
     }
 }
@@ -129,6 +133,8 @@ pub struct Connection {
     /// JetStream publishes awaiting their ack, in the order they were sent.
     inflight: FuturesOrdered<BoxFuture<'static, Outcome>>,
     ack: Option<AckPoint>,
+    ack_due: Deadline,
+    coalesce_due: Deadline,
 }
 
 enum Flow {
@@ -152,6 +158,8 @@ impl Connection {
             last_seen: Instant::now(),
             inflight: FuturesOrdered::new(),
             ack: None,
+            ack_due: Deadline::default(),
+            coalesce_due: Deadline::default(),
         }
     }
 
@@ -177,15 +185,17 @@ impl Connection {
             return Exit::Drained;
         }
         loop {
-            let coalesce_due = self
-                .coalesce
-                .as_ref()
-                .filter(|c| c.suppressed > 0)
-                .map(|c| c.window_start + COALESCE_PERIOD);
-            let ack_due = self
-                .ack
-                .as_ref()
-                .and_then(|a| a.deadline(config.ack_interval));
+            self.coalesce_due.set(
+                self.coalesce
+                    .as_ref()
+                    .filter(|c| c.suppressed > 0)
+                    .map(|c| c.window_start + COALESCE_PERIOD),
+            );
+            self.ack_due.set(
+                self.ack
+                    .as_ref()
+                    .and_then(|a| a.deadline(config.ack_interval)),
+            );
             // At the in-flight bound the socket is not read: TCP backpressure.
             let can_read = self.inflight.len() < config.max_inflight_per_conn;
             tokio::select! {
@@ -236,8 +246,8 @@ impl Connection {
                     }
                 }
                 _ = activity.tick() => self.report_activity(),
-                _ = sleep_until_opt(coalesce_due) => self.flush_coalesced(ws).await,
-                _ = sleep_until_opt(ack_due) => self.send_due_ack(ws).await,
+                _ = self.coalesce_due.reached() => self.flush_coalesced(ws).await,
+                _ = self.ack_due.reached() => self.send_due_ack(ws).await,
             }
         }
     }
@@ -561,20 +571,20 @@ impl Connection {
         raw: Bytes,
     ) {
         let ref_type = sensor.kind.wire_type();
-        let target = match (sensor.session_id.as_deref(), self.current.as_ref()) {
-            (Some(id), _) => id.to_owned(),
-            (None, Some(c)) => c.id.clone(),
-            (None, None) => {
-                self.refuse(ws, ErrorCode::NoActiveSession, None, ref_type)
-                    .await;
-                return;
-            }
-        };
-        let ready = self
-            .current
-            .as_ref()
-            .is_some_and(|c| c.id == target && c.held && !c.provisional);
+        // The common case, data for the session this connection holds, allocates nothing here.
+        let ready = self.current.as_ref().is_some_and(|c| {
+            c.held && !c.provisional && sensor.session_id.as_deref().is_none_or(|id| id == c.id)
+        });
         if !ready {
+            let target = match (sensor.session_id.as_deref(), self.current.as_ref()) {
+                (Some(id), _) => id.to_owned(),
+                (None, Some(c)) => c.id.clone(),
+                (None, None) => {
+                    self.refuse(ws, ErrorCode::NoActiveSession, None, ref_type)
+                        .await;
+                    return;
+                }
+            };
             if let Err(code) = self.take_session(ws, ctrl, &device, &target).await {
                 self.refuse(ws, code, Some(target), ref_type).await;
                 return;
@@ -590,9 +600,14 @@ impl Connection {
             return;
         };
         let traceparent = current.trace.next_traceparent();
+        let subjects = &self.shared.subjects;
+        let subject = current
+            .subject
+            .get_or_insert_with(|| Bytes::from(subjects.sensor(&device, &current.id)));
         let stamp = Stamp {
             device_id: &device,
             session_id: &current.id,
+            subject,
             data_count: current.stamped + sensor.samples,
             traceparent: &traceparent,
         };
@@ -628,12 +643,13 @@ impl Connection {
                 );
             }
             Err(e) => {
+                let session_id = current.id.clone();
                 tracing::warn!(conn = %self.conn_id, error = %e, "publish failed");
                 let mut out = ErrorMessage::new(
                     ErrorCode::ServiceUnavailable,
                     "message broker unavailable; the message was not forwarded",
                 );
-                out.session_id = Some(target);
+                out.session_id = Some(session_id);
                 out.ref_type = Some(ref_type.to_owned());
                 self.send_error(ws, out).await;
             }
@@ -753,7 +769,7 @@ impl Connection {
 
     async fn on_control(&mut self, ws: Option<&mut Ws>, control: Control) {
         let (event, reply) = match control {
-            Control::Pushed { event, reply } => (event, reply),
+            Control::Pushed(push) => (push.event, push.reply),
             Control::Recheck => {
                 // The next message claims the session again: it may have ended while NATS was
                 // away (a claim of an ended session answers SESSION_NOT_ACTIVE).
@@ -1130,11 +1146,4 @@ async fn close(ws: &mut Ws, code: CloseCode, reason: &'static str) {
             reason: reason.into(),
         }))
         .await;
-}
-
-async fn sleep_until_opt(deadline: Option<Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
-        None => std::future::pending().await,
-    }
 }

@@ -12,6 +12,7 @@ pub mod acks;
 pub mod backend;
 pub mod config;
 pub mod connection;
+pub mod deadline;
 pub mod forward;
 pub mod http;
 pub mod listener;
@@ -169,12 +170,7 @@ pub async fn nats_backend(config: &Config) -> Result<(Backend, async_nats::Clien
     let backend = Backend {
         sessions,
         // Downstream sees the configured name (`Amr-Gateway`).
-        sink: Arc::new(forward::Forwarder::new(
-            nats.clone(),
-            config,
-            subjects,
-            name,
-        )),
+        sink: Arc::new(forward::Forwarder::new(nats.clone(), config, name)),
         readiness: Arc::new(NatsReadiness(nats.clone())),
         registry,
         gateway_id,

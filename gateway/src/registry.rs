@@ -40,19 +40,30 @@ impl ReplyTo {
 }
 
 /// What a connection's task is told besides its client's frames.
-// Pushes were this size before `Recheck` existed; boxing them would only add an allocation.
-#[allow(clippy::large_enum_variant)]
+///
+/// Kept pointer-sized: every connection's queue allocates its first block of slots up front, so
+/// the size of this enum is paid by every idle connection (pushes are rare; their box is not).
 #[derive(Debug)]
 pub enum Control {
-    /// An event the session service pushed; `reply` is set on requests (revocations).
-    Pushed {
-        event: ConnEvent,
-        reply: Option<ReplyTo>,
-    },
+    /// An event the session service pushed.
+    Pushed(Box<Push>),
     /// Gateway-internal: NATS is back after an outage. Meanwhile the session service may have
     /// ended the connection's session (`gateway_lost`: no heartbeats arrived) and its pushes
     /// were lost, so the session is checked again (claimed) before more data goes into it.
     Recheck,
+}
+
+/// An event the session service pushed; `reply` is set on requests (revocations).
+#[derive(Debug)]
+pub struct Push {
+    pub event: ConnEvent,
+    pub reply: Option<ReplyTo>,
+}
+
+impl Control {
+    pub fn pushed(event: ConnEvent, reply: Option<ReplyTo>) -> Self {
+        Control::Pushed(Box::new(Push { event, reply }))
+    }
 }
 
 #[derive(Default)]
@@ -119,17 +130,19 @@ impl Registry {
                 }
             }
             None => {
-                if let Control::Pushed {
-                    event: ConnEvent::Revoke { session_id },
-                    reply: Some(reply),
-                } = control
-                {
-                    reply
-                        .send(RevokeReply {
-                            session_id,
-                            accepted: 0,
-                        })
-                        .await;
+                if let Control::Pushed(push) = control {
+                    if let Push {
+                        event: ConnEvent::Revoke { session_id },
+                        reply: Some(reply),
+                    } = *push
+                    {
+                        reply
+                            .send(RevokeReply {
+                                session_id,
+                                accepted: 0,
+                            })
+                            .await;
+                    }
                 }
             }
         }
@@ -160,7 +173,7 @@ pub async fn dispatch(
             subject,
         });
         registry
-            .deliver(conn_id, Control::Pushed { event, reply })
+            .deliver(conn_id, Control::pushed(event, reply))
             .await;
     }
     Ok(())

@@ -408,8 +408,8 @@ fn gateway_grace_period_covers_prestop_and_drain() {
     }
 }
 
-/// What a platform engineer checks first: probes on the right endpoints, no root, read-only
-/// root filesystem, no privilege escalation, no capabilities, memory limits.
+/// What a platform engineer checks first: pinned image tags, probes on the right endpoints,
+/// no root, read-only root filesystem, no privilege escalation, no capabilities, limits.
 #[test]
 fn workloads_are_probed_locked_down_and_bounded() {
     for overlay in overlays() {
@@ -435,6 +435,15 @@ fn workloads_are_probed_locked_down_and_bounded() {
                 "{ctx}: no API token needed"
             );
             for c in seq(pod, "containers") {
+                let image = str_at(c, &["image"]).unwrap_or("");
+                let tag = image
+                    .rsplit('/')
+                    .next()
+                    .and_then(|last| last.split_once(':'));
+                assert!(
+                    tag.is_some_and(|(_, t)| !t.is_empty() && t != "latest"),
+                    "{ctx}: image {image:?} needs an explicit tag"
+                );
                 let sc = c.get("securityContext").expect("container securityContext");
                 assert_eq!(
                     at(sc, &["readOnlyRootFilesystem"]).and_then(Value::as_bool),

@@ -20,6 +20,7 @@ use serde_norway::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::OnceLock;
 use std::time::Duration;
 
 /// Variables the contract fixes for options other helpers are adding to the gateway in
@@ -91,6 +92,20 @@ fn overlays() -> Vec<PathBuf> {
 
 // ---------------------------------------------------------------- rendering
 
+/// Every overlay with its objects, rendered once per test process.
+fn rendered() -> &'static [(PathBuf, Vec<Value>)] {
+    static RENDERED: OnceLock<Vec<(PathBuf, Vec<Value>)>> = OnceLock::new();
+    RENDERED.get_or_init(|| {
+        overlays()
+            .into_iter()
+            .map(|o| {
+                let objects = render(&o);
+                (o, objects)
+            })
+            .collect()
+    })
+}
+
 /// The objects of an overlay, rendered by kubectl or, without it, by [`mini_kustomize`].
 fn render(overlay: &Path) -> Vec<Value> {
     let kubectl = std::env::var("AMR_KUBECTL").unwrap_or_else(|_| "kubectl".to_owned());
@@ -138,9 +153,9 @@ fn read(path: &Path) -> String {
 }
 
 /// What the manifests need of kustomize when kubectl is absent: resource files and
-/// directories (recursively), and ConfigMap generators (`envs`, `literals`, `files`;
-/// `behavior: merge|replace`). Generated names keep no hash suffix; patches are skipped
-/// (none of ours touches an env).
+/// directories (recursively), ConfigMap generators (`envs`, `literals`, `files`;
+/// `behavior: merge|replace`) and `images`. Generated names keep no hash suffix; patches are
+/// skipped (none of ours touches an env).
 fn mini_kustomize(dir: &Path) -> Vec<Value> {
     let k: Value = serde_norway::from_str(&read(&dir.join("kustomization.yaml")))
         .unwrap_or_else(|e| panic!("{}/kustomization.yaml: {e}", dir.display()));
@@ -201,6 +216,36 @@ fn mini_kustomize(dir: &Path) -> Vec<Value> {
                 dir.display(),
                 o.is_some()
             ),
+        }
+    }
+    for i in seq(&k, "images") {
+        let name = str_at(i, &["name"]).expect("image entry has a name");
+        for o in objects.iter_mut() {
+            let containers = o
+                .get_mut("spec")
+                .and_then(|s| s.get_mut("template"))
+                .and_then(|t| t.get_mut("spec"))
+                .and_then(|p| p.get_mut("containers"))
+                .and_then(Value::as_sequence_mut);
+            for c in containers.into_iter().flatten() {
+                let Some(image) = str_at(c, &["image"]).map(str::to_owned) else {
+                    continue;
+                };
+                // `name[:tag]`; a registry port's colon sits before the last slash.
+                let (base, tag) = match image.rsplit_once(':') {
+                    Some((b, t)) if !t.contains('/') => (b.to_owned(), Some(t.to_owned())),
+                    _ => (image.clone(), None),
+                };
+                if base != name {
+                    continue;
+                }
+                let base = str_at(i, &["newName"]).map_or(base, str::to_owned);
+                let tag = str_at(i, &["newTag"]).map(str::to_owned).or(tag);
+                let image = tag.map_or(base.clone(), |t| format!("{base}:{t}"));
+                if let Some(m) = c.as_mapping_mut() {
+                    m.insert("image".into(), Value::String(image));
+                }
+            }
         }
     }
     objects
@@ -333,17 +378,16 @@ fn every_overlay_gives_each_binary_exactly_the_variables_it_accepts() {
         );
     }
     let mut problems = Vec::new();
-    for overlay in overlays() {
-        let objects = render(&overlay);
+    for (overlay, objects) in rendered() {
         let o = overlay
             .file_name()
             .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
         for b in &binaries {
-            let Some(d) = find(&objects, "Deployment", b.deployment) else {
+            let Some(d) = find(objects, "Deployment", b.deployment) else {
                 problems.push(format!("{o}: no Deployment {}", b.deployment));
                 continue;
             };
-            let have: BTreeSet<String> = env_names(&objects, container(d, b.container))
+            let have: BTreeSet<String> = env_names(objects, container(d, b.container))
                 .into_iter()
                 .filter(|n| n.starts_with("AMR_"))
                 .collect();
@@ -382,9 +426,8 @@ fn every_overlay_gives_each_binary_exactly_the_variables_it_accepts() {
 /// sleep, and kills at `terminationGracePeriodSeconds`.
 #[test]
 fn gateway_grace_period_covers_prestop_and_drain() {
-    for overlay in overlays() {
-        let objects = render(&overlay);
-        let d = find(&objects, "Deployment", "amr-gateway").expect("gateway Deployment");
+    for (overlay, objects) in rendered() {
+        let d = find(objects, "Deployment", "amr-gateway").expect("gateway Deployment");
         let c = container(d, "gateway");
         let grace = at(
             d,
@@ -397,7 +440,7 @@ fn gateway_grace_period_covers_prestop_and_drain() {
             .and_then(Value::as_u64)
             .map(Duration::from_secs)
             .expect("preStop sleep set");
-        let drain = env_value(&objects, c, "AMR_DRAIN_TIMEOUT")
+        let drain = env_value(objects, c, "AMR_DRAIN_TIMEOUT")
             .map(|v| amr_gateway::config::parse_duration(&v).expect("AMR_DRAIN_TIMEOUT parses"))
             .expect("AMR_DRAIN_TIMEOUT set");
         assert!(
@@ -412,10 +455,9 @@ fn gateway_grace_period_covers_prestop_and_drain() {
 /// no root, read-only root filesystem, no privilege escalation, no capabilities, limits.
 #[test]
 fn workloads_are_probed_locked_down_and_bounded() {
-    for overlay in overlays() {
-        let objects = render(&overlay);
+    for (overlay, objects) in rendered() {
         let mut workloads = 0;
-        for o in &objects {
+        for o in objects {
             let kind = str_at(o, &["kind"]).unwrap_or("");
             if kind != "Deployment" && kind != "StatefulSet" {
                 continue;
@@ -479,7 +521,7 @@ fn workloads_are_probed_locked_down_and_bounded() {
             ("amr-session-service", "session-service"),
         ] {
             let c = container(
-                find(&objects, "Deployment", deployment).expect("Deployment"),
+                find(objects, "Deployment", deployment).expect("Deployment"),
                 name,
             );
             assert_eq!(

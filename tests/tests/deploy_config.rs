@@ -7,7 +7,8 @@
 //!   manifest entry no binary reads;
 //! - the gateway gets time to drain: `terminationGracePeriodSeconds` > preStop sleep +
 //!   `AMR_DRAIN_TIMEOUT`;
-//! - probes, security context and resources are where a platform engineer expects them.
+//! - probes, security context and resources are where a platform engineer expects them;
+//! - every Service, PodDisruptionBudget, NetworkPolicy and HPA selects an existing workload.
 //!
 //! kubectl: `AMR_KUBECTL`, else `kubectl` on the PATH (`deploy/check.sh` installs a pinned
 //! one). Without any, the overlays are read with a small built-in reader of the parts of
@@ -534,4 +535,87 @@ fn workloads_are_probed_locked_down_and_bounded() {
             );
         }
     }
+}
+
+/// Every selector selects something: a typo in a Service, PodDisruptionBudget, NetworkPolicy
+/// or HPA target would otherwise protect, route or scale nothing, silently.
+#[test]
+fn every_selector_and_target_matches_a_workload() {
+    for (overlay, objects) in rendered() {
+        let workloads: Vec<(&str, &str, BTreeMap<String, String>)> = objects
+            .iter()
+            .filter(|o| matches!(str_at(o, &["kind"]), Some("Deployment" | "StatefulSet")))
+            .map(|o| {
+                (
+                    str_at(o, &["kind"]).unwrap_or(""),
+                    str_at(o, &["metadata", "name"]).unwrap_or(""),
+                    labels(at(o, &["spec", "template", "metadata", "labels"])),
+                )
+            })
+            .collect();
+        let selects = |selector: &BTreeMap<String, String>| {
+            workloads
+                .iter()
+                .any(|(_, _, l)| selector.iter().all(|(k, v)| l.get(k) == Some(v)))
+        };
+        let mut problems = Vec::new();
+        for o in objects {
+            let kind = str_at(o, &["kind"]).unwrap_or("");
+            let name = str_at(o, &["metadata", "name"]).unwrap_or("?");
+            let mut selectors = Vec::new();
+            match kind {
+                "Service" => selectors.push(labels(at(o, &["spec", "selector"]))),
+                "PodDisruptionBudget" => {
+                    selectors.push(labels(at(o, &["spec", "selector", "matchLabels"])))
+                }
+                "NetworkPolicy" => {
+                    selectors.push(labels(at(o, &["spec", "podSelector", "matchLabels"])));
+                    // Peers in this namespace; opt-in labels (amr-bridge.io/...) are for pods
+                    // of other applications and select nothing here by design.
+                    for dir in ["ingress", "egress"] {
+                        for rule in seq(at(o, &["spec"]).expect("spec"), dir) {
+                            for peer in seq(rule, "from").chain(seq(rule, "to")) {
+                                let sel = labels(at(peer, &["podSelector", "matchLabels"]));
+                                if peer.get("namespaceSelector").is_none()
+                                    && !sel.is_empty()
+                                    && !sel.keys().any(|k| k.starts_with("amr-bridge.io/"))
+                                {
+                                    selectors.push(sel);
+                                }
+                            }
+                        }
+                    }
+                }
+                "HorizontalPodAutoscaler" => {
+                    let target = (
+                        str_at(o, &["spec", "scaleTargetRef", "kind"]).unwrap_or(""),
+                        str_at(o, &["spec", "scaleTargetRef", "name"]).unwrap_or(""),
+                    );
+                    if !workloads.iter().any(|(k, n, _)| (*k, *n) == target) {
+                        problems.push(format!("{kind} {name}: no {target:?}"));
+                    }
+                }
+                _ => {}
+            }
+            for sel in selectors {
+                if !sel.is_empty() && !selects(&sel) {
+                    problems.push(format!("{kind} {name}: selector {sel:?} matches no pod"));
+                }
+            }
+        }
+        assert!(
+            problems.is_empty(),
+            "{}:\n  {}",
+            overlay.display(),
+            problems.join("\n  ")
+        );
+    }
+}
+
+fn labels(v: Option<&Value>) -> BTreeMap<String, String> {
+    v.and_then(Value::as_mapping)
+        .into_iter()
+        .flatten()
+        .filter_map(|(k, v)| Some((k.as_str()?.to_owned(), v.as_str()?.to_owned())))
+        .collect()
 }

@@ -105,7 +105,10 @@ fn parse_examples(text: &str) -> Vec<Example> {
             });
         }
     }
-    assert!(current.is_none(), "docs/protocol.md: unterminated example block");
+    assert!(
+        current.is_none(),
+        "docs/protocol.md: unterminated example block"
+    );
     out
 }
 
@@ -216,7 +219,8 @@ impl Schemas {
     }
 }
 
-async fn replay(stack: &Stack, ex: &Example, schemas: &Schemas) {
+/// Replays one example; records `<direction>/<type>` of every message validated.
+async fn replay(stack: &Stack, ex: &Example, schemas: &Schemas, seen: &mut BTreeSet<String>) {
     let mut conns: BTreeMap<String, WsClient> = BTreeMap::new();
     let mut bound: HashMap<String, Value> = HashMap::new();
     for line in &ex.lines {
@@ -229,6 +233,7 @@ async fn replay(stack: &Stack, ex: &Example, schemas: &Schemas) {
                 let msg = substitute(&line.json, &bound, line.number);
                 if !line.invalid {
                     schemas.check("client", &msg, line.number);
+                    seen.insert(format!("client/{}", msg["type"].as_str().unwrap_or("")));
                 }
                 client.send_json(&msg).await;
             }
@@ -236,6 +241,7 @@ async fn replay(stack: &Stack, ex: &Example, schemas: &Schemas) {
                 let (_, text) = client.recv_with_text().await;
                 let got: Value = serde_json::from_str(&text).expect("server sends JSON");
                 schemas.check("server", &got, line.number);
+                seen.insert(format!("server/{}", got["type"].as_str().unwrap_or("")));
                 if let Err(why) = matches(&line.json, &got, &mut bound, "") {
                     panic!(
                         "example {} (docs/protocol.md:{}), connection {}: {why}\n  expected {}\n  got      {}",
@@ -286,9 +292,14 @@ async fn protocol_md_examples_replay(mode: Mode) {
     }
     let schemas = Schemas::load();
     let stack = Stack::start_mode(mode).await;
+    let mut seen = BTreeSet::new();
     for ex in &examples {
-        replay(&stack, ex, &schemas).await;
+        replay(&stack, ex, &schemas, &mut seen).await;
     }
+    // The examples show every message type of the contract, in both directions.
+    let all: BTreeSet<String> = schemas.0.keys().cloned().collect();
+    let missing: Vec<&String> = all.difference(&seen).collect();
+    assert!(missing.is_empty(), "no example shows {missing:?}");
 }
 both_modes!(protocol_md_examples_replay);
 

@@ -5,6 +5,7 @@ use std::fmt;
 
 /// Every `errorCode` the server may send. The wire form is the SCREAMING_SNAKE_CASE name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum ErrorCode {
     InvalidMessage,
@@ -69,6 +70,7 @@ impl fmt::Display for ErrorCode {
 
 /// Why a session ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum EndReason {
     /// The client sent `session_end`.

@@ -5,19 +5,28 @@ use crate::codes::EndReason;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[cfg_attr(feature = "schema", schemars(deny_unknown_fields))]
 #[serde(rename_all = "camelCase")]
 pub struct SessionCreatedEvent {
+    #[cfg_attr(feature = "schema", schemars(regex(pattern = crate::ids::SESSION_ID_PATTERN)))]
     pub session_id: String,
+    #[cfg_attr(feature = "schema", schemars(regex(pattern = crate::ids::DEVICE_ID_PATTERN)))]
     pub device_id: String,
     pub started_at: i64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "schema", schemars(regex(pattern = crate::ids::SESSION_ID_PATTERN)))]
     pub replaced_session_id: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[cfg_attr(feature = "schema", schemars(deny_unknown_fields))]
 #[serde(rename_all = "camelCase")]
 pub struct SessionEndedEvent {
+    #[cfg_attr(feature = "schema", schemars(regex(pattern = crate::ids::SESSION_ID_PATTERN)))]
     pub session_id: String,
+    #[cfg_attr(feature = "schema", schemars(regex(pattern = crate::ids::DEVICE_ID_PATTERN)))]
     pub device_id: String,
     pub started_at: i64,
     pub ended_at: i64,
@@ -26,6 +35,7 @@ pub struct SessionEndedEvent {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum SessionState {
     Active,
@@ -51,9 +61,13 @@ impl SessionState {
 
 /// One session as `/api/sessions` shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[cfg_attr(feature = "schema", schemars(deny_unknown_fields))]
 #[serde(rename_all = "camelCase")]
 pub struct SessionRecord {
+    #[cfg_attr(feature = "schema", schemars(regex(pattern = crate::ids::SESSION_ID_PATTERN)))]
     pub session_id: String,
+    #[cfg_attr(feature = "schema", schemars(regex(pattern = crate::ids::DEVICE_ID_PATTERN)))]
     pub device_id: String,
     pub state: SessionState,
     pub started_at: i64,
@@ -64,6 +78,8 @@ pub struct SessionRecord {
 
 /// `GET /api/sessions` response body.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[cfg_attr(feature = "schema", schemars(deny_unknown_fields))]
 #[serde(rename_all = "camelCase")]
 pub struct SessionPage {
     pub sessions: Vec<SessionRecord>,

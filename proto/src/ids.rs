@@ -6,6 +6,15 @@
 /// Longest accepted deviceId, in characters.
 pub const DEVICE_ID_MAX_LEN: usize = 64;
 
+/// [`is_valid_device_id`] as a regular expression (for the JSON Schemas of the contract).
+pub const DEVICE_ID_PATTERN: &str = "^[A-Za-z0-9_-]{1,64}$";
+
+/// [`is_valid_session_id`] as a regular expression.
+pub const SESSION_ID_PATTERN: &str = "^session_[0-9a-fA-F]{32}$";
+
+/// [`is_valid_request_id`] as a regular expression.
+pub const REQUEST_ID_PATTERN: &str = "^[A-Za-z0-9_.:-]{1,128}$";
+
 /// Prefix of every sessionId this server issues.
 pub const SESSION_ID_PREFIX: &str = "session_";
 

@@ -15,6 +15,8 @@ pub mod headers;
 pub mod ids;
 pub mod internal;
 pub mod keys;
+#[cfg(feature = "schema")]
+pub mod schema;
 pub mod server;
 pub mod subjects;
 

@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 /// Every message the server sends on the WebSocket. Serialises with the `type` tag of the wire
 /// contract; tests and tools deserialise it the same way.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ServerMessage {
     DeviceRegistered(DeviceRegistered),
@@ -17,32 +18,45 @@ pub enum ServerMessage {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[cfg_attr(feature = "schema", schemars(deny_unknown_fields))]
 #[serde(rename_all = "camelCase")]
 pub struct DeviceRegistered {
+    #[cfg_attr(feature = "schema", schemars(regex(pattern = crate::ids::DEVICE_ID_PATTERN)))]
     pub device_id: String,
     pub timestamp: i64,
     /// Only for legacy (v1.0) clients: a provisional session that becomes active with the
     /// first sensor data. Session-aware clients ignore it, and never get one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "schema", schemars(regex(pattern = crate::ids::SESSION_ID_PATTERN)))]
     pub session_id: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[cfg_attr(feature = "schema", schemars(deny_unknown_fields))]
 #[serde(rename_all = "camelCase")]
 pub struct SessionCreated {
+    #[cfg_attr(feature = "schema", schemars(regex(pattern = crate::ids::SESSION_ID_PATTERN)))]
     pub session_id: String,
+    #[cfg_attr(feature = "schema", schemars(regex(pattern = crate::ids::DEVICE_ID_PATTERN)))]
     pub device_id: String,
     pub timestamp: i64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "schema", schemars(regex(pattern = crate::ids::SESSION_ID_PATTERN)))]
     pub replaced_session_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_id: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[cfg_attr(feature = "schema", schemars(deny_unknown_fields))]
 #[serde(rename_all = "camelCase")]
 pub struct SessionEnded {
+    #[cfg_attr(feature = "schema", schemars(regex(pattern = crate::ids::SESSION_ID_PATTERN)))]
     pub session_id: String,
+    #[cfg_attr(feature = "schema", schemars(regex(pattern = crate::ids::DEVICE_ID_PATTERN)))]
     pub device_id: String,
     pub timestamp: i64,
     pub reason: EndReason,
@@ -52,18 +66,25 @@ pub struct SessionEnded {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[cfg_attr(feature = "schema", schemars(deny_unknown_fields))]
 #[serde(rename_all = "camelCase")]
 pub struct Ack {
+    #[cfg_attr(feature = "schema", schemars(regex(pattern = crate::ids::SESSION_ID_PATTERN)))]
     pub session_id: String,
     pub seq: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[cfg_attr(feature = "schema", schemars(deny_unknown_fields))]
 pub struct Pong {
     pub timestamp: i64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[cfg_attr(feature = "schema", schemars(deny_unknown_fields))]
 #[serde(rename_all = "camelCase")]
 pub struct ErrorMessage {
     pub error_code: ErrorCode,

@@ -144,3 +144,64 @@ impl<W: Write> CsvWriter<W> {
             .map_err(|e| ExportError::Io(std::io::Error::other(e.to_string())))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use std::collections::BTreeMap;
+
+    fn record(payload: &str) -> StoredRecord {
+        let mut h = BTreeMap::new();
+        h.insert(headers::SEQ.to_owned(), "12".to_owned());
+        h.insert(headers::RECEIVED_AT.to_owned(), "1700000000000".to_owned());
+        StoredRecord {
+            subject: "amr.sensor.d.s".into(),
+            stream_seq: 3,
+            payload: Bytes::copy_from_slice(payload.as_bytes()),
+            headers: h,
+        }
+    }
+
+    #[test]
+    fn ndjson_is_the_payload_verbatim_one_line_each() {
+        let p = r#"{"type":"sensor_data","seq":12,"data":{"s":"a\nb","n":1.50}}"#;
+        let mut w = NdjsonWriter::new(Vec::new(), false);
+        w.write(&record(p)).unwrap();
+        w.write(&record(p)).unwrap();
+        let out = String::from_utf8(w.finish().unwrap()).unwrap();
+        assert_eq!(out, format!("{p}\n{p}\n"));
+    }
+
+    #[test]
+    fn a_pretty_printed_payload_becomes_one_equivalent_line() {
+        let p = "{\r\n  \"data\": {\"s\": \"x\\ny\"},\n  \"seq\": 12\n}";
+        let mut w = NdjsonWriter::new(Vec::new(), false);
+        w.write(&record(p)).unwrap();
+        let out = String::from_utf8(w.finish().unwrap()).unwrap();
+        assert_eq!(out.lines().count(), 1);
+        let a: Value = serde_json::from_str(out.trim_end()).unwrap();
+        let b: Value = serde_json::from_str(p).unwrap();
+        assert_eq!(a, b);
+    }
+
+    #[test]
+    fn ndjson_with_metadata_wraps_the_verbatim_payload() {
+        let p = r#"{"type":"sensor_data","seq":12,"data":{"n":1.50}}"#;
+        let mut w = NdjsonWriter::new(Vec::new(), true);
+        w.write(&record(p)).unwrap();
+        let out = String::from_utf8(w.finish().unwrap()).unwrap();
+        assert!(out.ends_with(&format!(",\"message\":{p}}}\n")), "{out}");
+        let v: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["meta"]["seq"], 12);
+        assert_eq!(v["meta"]["streamSeq"], 3);
+        assert_eq!(v["meta"]["receivedAt"], 1700000000000u64);
+        assert_eq!(v["message"]["seq"], 12);
+    }
+
+    #[test]
+    fn metadata_refuses_a_payload_that_is_not_json() {
+        let mut w = NdjsonWriter::new(Vec::new(), true);
+        assert!(w.write(&record("not json")).is_err());
+    }
+}

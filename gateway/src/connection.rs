@@ -586,6 +586,19 @@ impl Connection {
                 return;
             }
         }
+        // After a failed publish, later seqs wait for the client's resend (see acks.rs).
+        if let Some(seq) = sensor.seq {
+            let gated = self
+                .ack
+                .as_mut()
+                .filter(|a| a.session_id() == target)
+                .is_some_and(|a| !a.admit(seq));
+            if gated {
+                self.refuse(ws, ErrorCode::ServiceUnavailable, Some(target), ref_type)
+                    .await;
+                return;
+            }
+        }
         let Some(current) = self.current.as_mut() else {
             return;
         };

@@ -17,6 +17,15 @@ pub enum Format {
     Csv,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Sort {
+    /// Stream order (the gateway's receive order), written as it is read.
+    Stream,
+    /// By `Amr-Seq` (the robot's order), messages without seq last in stream order; the
+    /// session is held in memory.
+    Seq,
+}
+
 fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("invalid duration '{s}': {e}"))
 }
@@ -54,6 +63,9 @@ pub struct Args {
     /// streamSeq, receivedAt, gateway, dataCount columns).
     #[arg(long)]
     pub metadata: bool,
+    /// Order of the output.
+    #[arg(long, value_enum, default_value = "stream")]
+    pub sort: Sort,
     /// Output file (stdout when left out).
     #[arg(short = 'o', long)]
     pub output: Option<PathBuf>,
@@ -103,6 +115,9 @@ pub async fn export_to<W: Write>(
     args: &Args,
     out: W,
 ) -> Result<(Summary, W), ExportError> {
+    if args.sort == Sort::Seq {
+        return export_sorted(reader, target, args, out).await;
+    }
     match args.format {
         Format::Ndjson => {
             let pb = progress(args.quiet, target.count, "export");
@@ -165,6 +180,58 @@ pub async fn export_to<W: Write>(
             ))
         }
     }
+}
+
+/// `--sort seq`: the whole session in memory, sorted by `Amr-Seq`, then written.
+async fn export_sorted<W: Write>(
+    reader: &SessionReader,
+    target: &Target,
+    args: &Args,
+    out: W,
+) -> Result<(Summary, W), ExportError> {
+    let pb = progress(args.quiet, target.count, "read");
+    let mut records = Vec::with_capacity(target.count as usize);
+    reader
+        .for_each(target, None, |r| {
+            records.push(r);
+            tick(&pb);
+            Ok(())
+        })
+        .await?;
+    pb.finish_and_clear();
+    // Stable: equal seqs (none with seq) keep stream order.
+    records.sort_by_key(|r| r.seq().map_or((1, 0), |s| (0, s)));
+    let messages = records.len() as u64;
+    let (rows, out) = match args.format {
+        Format::Ndjson => {
+            let mut w = NdjsonWriter::new(out, args.metadata);
+            for r in &records {
+                w.write(r)?;
+            }
+            (messages, w.finish()?)
+        }
+        Format::Csv => {
+            let mut columns = Columns::new(args.metadata);
+            for r in &records {
+                for row in flatten::rows(r, args.metadata)? {
+                    columns.observe(&row);
+                }
+            }
+            let mut w = CsvWriter::new(out, columns, args.metadata)?;
+            for r in &records {
+                w.write(r)?;
+            }
+            (w.rows(), w.finish()?)
+        }
+    };
+    Ok((
+        Summary {
+            subject: target.subject.clone(),
+            messages,
+            rows,
+        },
+        out,
+    ))
 }
 
 /// The binary: connect, find the session, export it to the file or stdout.

@@ -17,7 +17,9 @@ pub enum ExportError {
         stream: String,
         filter: String,
     },
-    #[error("session '{session}' is stored under several subjects ({subjects:?}): pass --device-id")]
+    #[error(
+        "session '{session}' is stored under several subjects ({subjects:?}): pass --device-id"
+    )]
     Ambiguous {
         session: String,
         subjects: Vec<String>,

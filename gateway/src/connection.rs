@@ -176,6 +176,7 @@ impl Connection {
             close(ws, CloseCode::Restart, "gateway draining").await;
             return Exit::Drained;
         }
+        let mut was_readable = true;
         loop {
             let coalesce_due = self
                 .coalesce
@@ -188,6 +189,11 @@ impl Connection {
                 .and_then(|a| a.deadline(config.ack_interval));
             // At the in-flight bound the socket is not read: TCP backpressure.
             let can_read = self.inflight.len() < config.max_inflight_per_conn;
+            if !can_read && was_readable {
+                // Visible proof that backpressure, not buffering, handled a fast client.
+                metrics::counter!("amr_gateway_inflight_bound_reached_total").increment(1);
+            }
+            was_readable = can_read;
             tokio::select! {
                 biased;
                 Ok(()) = drain.changed() => {

@@ -501,6 +501,15 @@ async fn a_client_past_the_inflight_bound_is_slowed_not_cut() {
     assert_eq!(report.resends, 0, "nothing to resend: {report:?}");
     assert!(report.unexpected.is_empty(), "{report:?}");
     assert_eq!(report.last_ack, N);
+    // The gateway counts each time a connection hit the bound (and stopped being read).
+    let metrics = amr_tests::http::get(&format!("{}/metrics", stack.http_url(0))).await;
+    let hits: f64 = metrics
+        .body
+        .lines()
+        .filter(|l| l.starts_with("amr_gateway_inflight_bound_reached_total"))
+        .filter_map(|l| l.split_whitespace().last()?.parse::<f64>().ok())
+        .sum();
+    assert!(hits > 0.0, "the in-flight bound was never reached");
     let reader = SessionReader::connect(&stack.nats_url(), stack.prefix())
         .await
         .expect("connect the reader");

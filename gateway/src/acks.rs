@@ -6,6 +6,13 @@
 //! stored seq, until one publish fails: then the point freezes at the message before it (the
 //! client resends from its last ack) and moves again only when that failed seq is stored on a
 //! resend. Acks are coalesced: at most every `interval`, or after `every` stored messages.
+//!
+//! A failure also closes a gate: later `seq` messages of the session are refused (not
+//! published) until the client's resend reaches the failed seq. Otherwise the messages the
+//! client keeps sending until it learns of the failure would be stored before its resend of
+//! the lost one, out of seq order (and unackable anyway). Messages already handed to NATS
+//! before the failure was known can still land before the resend: that residue is why
+//! downstream orders by `Amr-Seq` (docs/downstream.md).
 
 use std::time::Duration;
 use tokio::time::Instant;
@@ -19,6 +26,8 @@ pub struct AckPoint {
     sent: u64,
     /// The first seq that failed to be stored and has not been stored since.
     blocked: Option<u64>,
+    /// While set, only seqs up to it may be published (see [`AckPoint::admit`]).
+    gate: Option<u64>,
     /// Stored messages not acknowledged yet, and since when.
     unacked: u32,
     unacked_since: Option<Instant>,
@@ -31,6 +40,7 @@ impl AckPoint {
             stored: 0,
             sent: 0,
             blocked: None,
+            gate: None,
             unacked: 0,
             unacked_since: None,
         }
@@ -44,6 +54,7 @@ impl AckPoint {
     pub fn record(&mut self, seq: u64, stored: bool, now: Instant) {
         if !stored {
             self.blocked = Some(self.blocked.map_or(seq, |b| b.min(seq)));
+            self.gate = Some(self.gate.map_or(seq, |g| g.min(seq)));
             return;
         }
         match self.blocked {
@@ -56,6 +67,20 @@ impl AckPoint {
             self.stored = seq;
             self.unacked += 1;
             self.unacked_since.get_or_insert(now);
+        }
+    }
+
+    /// Whether a `seq` message of this session may be published now: false after a failure,
+    /// for seqs above the failed one, until the client's resend reaches it (which opens the
+    /// gate again; pipelining resumes).
+    pub fn admit(&mut self, seq: u64) -> bool {
+        match self.gate {
+            Some(g) if seq > g => false,
+            Some(_) => {
+                self.gate = None;
+                true
+            }
+            None => true,
         }
     }
 
@@ -124,6 +149,31 @@ mod tests {
         a.record(2, true, t0);
         a.record(3, true, t0);
         assert_eq!(a.pending(), Some(3));
+    }
+
+    #[test]
+    fn after_a_failure_later_seqs_wait_for_the_resend() {
+        let t0 = Instant::now();
+        let mut a = AckPoint::new("s".into());
+        assert!(a.admit(1));
+        a.record(1, true, t0);
+        a.record(2, false, t0);
+        a.record(3, false, t0);
+        // Sent before the client heard of the failure: refused, not published.
+        assert!(!a.admit(4));
+        assert!(!a.admit(5));
+        // The resend starts after the last ack: it opens the gate, the rest follows.
+        assert!(a.admit(2));
+        assert!(a.admit(3));
+        assert!(a.admit(4));
+        a.record(2, true, t0);
+        a.record(3, true, t0);
+        a.record(4, true, t0);
+        assert_eq!(a.pending(), Some(4));
+        // A failure during the resend closes the gate again at that seq.
+        a.record(5, false, t0);
+        assert!(!a.admit(6));
+        assert!(a.admit(5));
     }
 
     #[test]

@@ -184,6 +184,7 @@ impl Connection {
             close(ws, CloseCode::Restart, "gateway draining").await;
             return Exit::Drained;
         }
+        let mut was_readable = true;
         loop {
             self.coalesce_due.set(
                 self.coalesce
@@ -198,6 +199,11 @@ impl Connection {
             );
             // At the in-flight bound the socket is not read: TCP backpressure.
             let can_read = self.inflight.len() < config.max_inflight_per_conn;
+            if !can_read && was_readable {
+                // Visible proof that backpressure, not buffering, handled a fast client.
+                metrics::counter!("amr_gateway_inflight_bound_reached_total").increment(1);
+            }
+            was_readable = can_read;
             tokio::select! {
                 biased;
                 Ok(()) = drain.changed() => {
@@ -592,6 +598,19 @@ impl Connection {
             self.apply_early_end(ws).await;
             if self.current.as_ref().is_none_or(|c| c.id != target) {
                 self.refuse(ws, ErrorCode::SessionNotActive, Some(target), ref_type)
+                    .await;
+                return;
+            }
+        }
+        // After a failed publish, later seqs wait for the client's resend (see acks.rs).
+        if let Some(seq) = sensor.seq {
+            let gated = self
+                .ack
+                .as_mut()
+                .filter(|a| a.session_id() == target)
+                .is_some_and(|a| !a.admit(seq));
+            if gated {
+                self.refuse(ws, ErrorCode::ServiceUnavailable, Some(target), ref_type)
                     .await;
                 return;
             }

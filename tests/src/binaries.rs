@@ -1,7 +1,7 @@
 //! The binaries under test, built once per test process so that a test never runs a stale one.
 //!
 //! `cargo test --workspace` stays the single test command: the first test that needs a binary
-//! runs `cargo build -p amr-gateway -p amr-session-service -p amr-bridge --bins` (with `$CARGO`
+//! runs `cargo build -p amr-gateway -p amr-session-service -p amr-bridge -p amr-export --bins` (with `$CARGO`
 //! when cargo runs the tests) and takes the executables' paths from cargo's JSON messages, so
 //! the target directory (`CARGO_TARGET_DIR`, `build.target-dir`, ...) never has to be guessed.
 
@@ -14,9 +14,11 @@ pub const GATEWAY: &str = "amr-gateway";
 pub const SESSION_SERVICE: &str = "amr-session-service";
 /// The one-process binary (embedded mode when `AMR_NATS_URL` is not set).
 pub const EMBEDDED: &str = "amr-bridge";
+/// The session export tool (downstream side).
+pub const EXPORT: &str = "amr-export";
 
 /// Every binary under test, built together by one `cargo build`.
-const PACKAGES: [&str; 3] = [GATEWAY, SESSION_SERVICE, EMBEDDED];
+const PACKAGES: [&str; 4] = [GATEWAY, SESSION_SERVICE, EMBEDDED, EXPORT];
 
 /// The workspace root (`tests/..`).
 pub fn workspace_root() -> PathBuf {
@@ -104,7 +106,8 @@ fn fallback_path(name: &str) -> PathBuf {
     target.join("debug").join(name)
 }
 
-/// Path of a freshly built binary (`amr-gateway`, `amr-session-service`, `amr-bridge`). Builds
+/// Path of a freshly built binary (`amr-gateway`, `amr-session-service`, `amr-bridge`,
+/// `amr-export`). Builds
 /// on first use
 /// in this process; panics with cargo's errors if the build fails.
 pub fn binary(name: &str) -> PathBuf {

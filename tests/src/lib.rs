@@ -29,8 +29,9 @@
 //! Test files (`tests/tests/`): `session_protocol`, `sensor_data`, `errors`, `legacy`,
 //! `idle_disconnect`, `http_endpoints` (each test that makes sense in one process runs in both
 //! modes, see [`both_modes!`]), `doc_examples` (the examples of `docs/protocol.md`, replayed in
-//! both modes and validated against `proto/schema/`), `faults` (distributed only), `embedded`
-//! (embedded only), and `harness_smoke` (the harness alone).
+//! both modes and validated against `proto/schema/`), `faults` and `sensor_durability`
+//! (distributed only; the latter reads sessions back with the `amr-export` library and binary),
+//! `embedded` (embedded only), and `harness_smoke` (the harness alone).
 //! Debugging: `AMR_TEST_KEEP=1` keeps each stack's directory (logs, stores);
 //! `AMR_TEST_RUST_LOG=debug` sets the children's `RUST_LOG` (default `info`).
 //!

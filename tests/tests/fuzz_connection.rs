@@ -4,6 +4,7 @@
 //! message of the contract, the connection may only end with a documented close code (1009
 //! after an oversized message), and a well-behaved client is served normally afterwards.
 
+use amr_proto::client::{self, ClientMessage};
 use amr_proto::server::ServerMessage;
 use amr_tests::client::Incoming;
 use amr_tests::{msg, unique_device, Mode, Stack, WsClient, RECV_TIMEOUT};
@@ -152,12 +153,14 @@ impl Driver {
     }
 }
 
-/// Reads what the server sends until the pong of a barrier ping; every message must be in the
-/// contract. Ok(false) when the server closed (with a documented code).
+/// Reads what the server sends until `pongs` pongs came (the last one answers the barrier
+/// ping); every message must be in the contract. Ok(false) when the server closed (with a
+/// documented code).
 async fn drain_until_pong(
     c: &mut WsClient,
     driver: &mut Driver,
     oversized_sent: bool,
+    mut pongs: u64,
 ) -> Result<bool, TestCaseError> {
     loop {
         match c.next_incoming(RECV_TIMEOUT).await {
@@ -175,7 +178,12 @@ async fn drain_until_pong(
                 let m: ServerMessage = serde_json::from_str(&t)
                     .map_err(|e| TestCaseError::fail(format!("outside the contract ({e}): {t}")))?;
                 match m {
-                    ServerMessage::Pong(_) => return Ok(true),
+                    ServerMessage::Pong(_) => {
+                        pongs = pongs.saturating_sub(1);
+                        if pongs == 0 {
+                            return Ok(true);
+                        }
+                    }
                     ServerMessage::SessionCreated(s) => driver.current = Some(s.session_id),
                     ServerMessage::SessionEnded(e) => {
                         if driver.current.as_deref() == Some(e.session_id.as_str()) {
@@ -202,13 +210,19 @@ async fn run_case(stack: &Stack, actions: Vec<Action>) -> Result<(), TestCaseErr
         current: None,
     };
     for a in &actions {
+        // Pongs due: one per ping the action sends, plus the barrier's.
+        let mut pongs = 1;
         match a {
             Action::Binary(b) => c.send_binary(b.clone()).await,
             Action::Fragmented { parts } => {
-                c.send_fragmented_text(&msg::ping().to_string(), *parts).await
+                c.send_fragmented_text(&msg::ping().to_string(), *parts).await;
+                pongs += 1;
             }
             other => {
                 if let Some(t) = driver.text(other) {
+                    if matches!(client::parse(&t), Ok(ClientMessage::Ping)) {
+                        pongs += 1;
+                    }
                     c.send_text(&t).await;
                 }
             }
@@ -218,7 +232,7 @@ async fn run_case(stack: &Stack, actions: Vec<Action>) -> Result<(), TestCaseErr
             // Barrier after each message: keeps `current` in step with the server.
             c.send_json(&msg::ping()).await;
         }
-        if !drain_until_pong_or_close(&mut c, &mut driver, oversized).await? {
+        if !drain_until_pong_or_close(&mut c, &mut driver, oversized, pongs).await? {
             return Ok(());
         }
     }
@@ -230,14 +244,15 @@ async fn drain_until_pong_or_close(
     c: &mut WsClient,
     driver: &mut Driver,
     oversized: bool,
+    pongs: u64,
 ) -> Result<bool, TestCaseError> {
     if oversized {
-        // The server closes (1009) after MESSAGE_TOO_LARGE: nothing else may be sent.
-        let alive = drain_until_pong(c, driver, true).await?;
+        // The server closes (1009) after MESSAGE_TOO_LARGE: no pong may come.
+        let alive = drain_until_pong(c, driver, true, 1).await?;
         prop_assert!(!alive, "an oversized message did not close the connection");
         return Ok(false);
     }
-    drain_until_pong(c, driver, false).await
+    drain_until_pong(c, driver, false, pongs).await
 }
 
 #[test]

@@ -48,6 +48,9 @@ const RECENT_SESSIONS: usize = 16;
 const COALESCE_PERIOD: Duration = Duration::from_secs(1);
 /// Bound on sending a close frame to a client that may have stopped reading.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+/// After a policy close, how long frames still arriving are read and dropped, so that the
+/// socket is not closed with unread data (a TCP reset that would lose the close frame).
+const CLOSE_LINGER: Duration = Duration::from_secs(2);
 
 /// The session this connection currently sends data into.
 struct Current {
@@ -414,7 +417,7 @@ impl Connection {
                     e.device_id = Some(device_id.to_owned());
                     e.ref_type = Some(client::types::DEVICE_REGISTER.to_owned());
                     self.send_error(ws, e).await;
-                    close(ws, CloseCode::Policy, "unauthorized").await;
+                    close_lingering(ws, CloseCode::Policy, "unauthorized").await;
                     return Flow::Close;
                 }
                 self.device = Some(device_id.to_owned());
@@ -477,7 +480,7 @@ impl Connection {
                 );
                 e.device_id = self.device.clone();
                 self.send_error(ws, e).await;
-                close(ws, CloseCode::Policy, "rate limit exceeded").await;
+                close_lingering(ws, CloseCode::Policy, "rate limit exceeded").await;
             }
         }
         decision
@@ -1252,6 +1255,16 @@ async fn close(ws: &mut Ws, code: CloseCode, reason: &'static str) {
         reason: reason.into(),
     };
     let _ = tokio::time::timeout(CLOSE_TIMEOUT, ws.close(Some(frame))).await;
+}
+
+/// Closes, then reads and drops what the client still sends until it answers the close (or
+/// `CLOSE_LINGER` passes): a client flooding at the moment of the close still gets the frame.
+async fn close_lingering(ws: &mut Ws, code: CloseCode, reason: &'static str) {
+    close(ws, code, reason).await;
+    let _ = tokio::time::timeout(CLOSE_LINGER, async {
+        while let Some(Ok(_)) = ws.next().await {}
+    })
+    .await;
 }
 
 async fn sleep_until_opt(deadline: Option<Instant>) {

@@ -208,16 +208,14 @@ fn percent_decode(s: &str) -> String {
     while i < bytes.len() {
         let hex = |b: u8| (b as char).to_digit(16);
         match bytes[i] {
-            b'%' if i + 2 < bytes.len() => {
-                match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
-                    (Some(h), Some(l)) => {
-                        out.push((h * 16 + l) as u8);
-                        i += 3;
-                        continue;
-                    }
-                    _ => out.push(b'%'),
+            b'%' if i + 2 < bytes.len() => match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                (Some(h), Some(l)) => {
+                    out.push((h * 16 + l) as u8);
+                    i += 3;
+                    continue;
                 }
-            }
+                _ => out.push(b'%'),
+            },
             b'+' => out.push(b' '),
             b => out.push(b),
         }
@@ -282,7 +280,12 @@ mod tests {
     fn rs_token(claims: &serde_json::Value, key: &str, kid: Option<&str>) -> String {
         let mut h = Header::new(Algorithm::RS256);
         h.kid = kid.map(str::to_owned);
-        encode(&h, claims, &EncodingKey::from_rsa_pem(&private(key)).unwrap()).unwrap()
+        encode(
+            &h,
+            claims,
+            &EncodingKey::from_rsa_pem(&private(key)).unwrap(),
+        )
+        .unwrap()
     }
 
     fn es_token(claims: &serde_json::Value, kid: Option<&str>) -> String {
@@ -306,7 +309,10 @@ mod tests {
             }
             upgrade_token(&b.body(()).unwrap())
         };
-        assert_eq!(r("/ws", Some("Bearer abc.def.ghi")), Some("abc.def.ghi".into()));
+        assert_eq!(
+            r("/ws", Some("Bearer abc.def.ghi")),
+            Some("abc.def.ghi".into())
+        );
         assert_eq!(r("/ws", Some("bearer  abc")), Some("abc".into()));
         assert_eq!(r("/ws", Some("Basic dXNlcg==")), None);
         assert_eq!(r("/ws?x=1&token=a.b%2Ec", None), Some("a.b.c".into()));
@@ -323,21 +329,32 @@ mod tests {
         let c = Config::try_parse_from(["amr-gateway"]).unwrap();
         assert!(Authenticator::from_config(&c).unwrap().is_none());
         assert!(Authenticator::from_config(&config(&[])).is_err());
-        assert!(Authenticator::from_config(&config(&["--jwt-public-keys-dir", "/nonexistent"]))
-            .is_err());
+        assert!(
+            Authenticator::from_config(&config(&["--jwt-public-keys-dir", "/nonexistent"]))
+                .is_err()
+        );
     }
 
     #[test]
     fn hs256_ok_expired_wrong_device_wrong_key() {
         let a = hs_auth();
-        assert_eq!(a.verify(&hs_token(&claims("AMR-1", 600), SECRET), "AMR-1"), Ok(()));
+        assert_eq!(
+            a.verify(&hs_token(&claims("AMR-1", 600), SECRET), "AMR-1"),
+            Ok(())
+        );
         // Expired beyond the leeway (30 s).
         let e = a.verify(&hs_token(&claims("AMR-1", -600), SECRET), "AMR-1");
         assert!(e.unwrap_err().0.contains("xpired"));
         // Expired within the leeway: still accepted.
-        assert!(a.verify(&hs_token(&claims("AMR-1", -5), SECRET), "AMR-1").is_ok());
-        assert!(a.verify(&hs_token(&claims("AMR-1", 600), SECRET), "AMR-2").is_err());
-        assert!(a.verify(&hs_token(&claims("AMR-1", 600), "other"), "AMR-1").is_err());
+        assert!(a
+            .verify(&hs_token(&claims("AMR-1", -5), SECRET), "AMR-1")
+            .is_ok());
+        assert!(a
+            .verify(&hs_token(&claims("AMR-1", 600), SECRET), "AMR-2")
+            .is_err());
+        assert!(a
+            .verify(&hs_token(&claims("AMR-1", 600), "other"), "AMR-1")
+            .is_err());
         // exp is required.
         let no_exp = hs_token(&json!({"sub": "AMR-1"}), SECRET);
         assert!(a.verify(&no_exp, "AMR-1").is_err());
@@ -350,7 +367,13 @@ mod tests {
             SECRET,
         );
         assert!(a.verify(&nbf, "AMR-1").is_err());
-        for junk in ["", "a.b.c", "....", "not a token", &"x".repeat(MAX_TOKEN_LEN + 1)] {
+        for junk in [
+            "",
+            "a.b.c",
+            "....",
+            "not a token",
+            &"x".repeat(MAX_TOKEN_LEN + 1),
+        ] {
             assert!(a.verify(junk, "AMR-1").is_err(), "{junk}");
         }
     }
@@ -365,9 +388,14 @@ mod tests {
         ]))
         .unwrap()
         .unwrap();
-        let t = hs_token(&json!({"sub": "x", "device_id": "AMR-1", "exp": now() + 60}), SECRET);
+        let t = hs_token(
+            &json!({"sub": "x", "device_id": "AMR-1", "exp": now() + 60}),
+            SECRET,
+        );
         assert!(a.verify(&t, "AMR-1").is_ok());
-        assert!(a.verify(&hs_token(&claims("AMR-1", 60), SECRET), "AMR-1").is_err());
+        assert!(a
+            .verify(&hs_token(&claims("AMR-1", 60), SECRET), "AMR-1")
+            .is_err());
     }
 
     #[test]
@@ -389,7 +417,12 @@ mod tests {
         let public = std::fs::read(fixtures().join("jwt-public/rsa-a.pem")).unwrap();
         let mut h = Header::new(Algorithm::HS256);
         h.kid = Some("rsa-a".into());
-        let forged = encode(&h, &claims("AMR-1", 600), &EncodingKey::from_secret(&public)).unwrap();
+        let forged = encode(
+            &h,
+            &claims("AMR-1", 600),
+            &EncodingKey::from_secret(&public),
+        )
+        .unwrap();
         assert!(a.verify(&forged, "AMR-1").is_err());
         // And an RS256 token is refused where only a secret is configured.
         let rs = rs_token(&claims("AMR-1", 600), "rsa-a.key", Some("rsa-a"));
@@ -407,8 +440,12 @@ mod tests {
             assert_eq!(a.verify(&rs_token(&c, &file, None), "AMR-1"), Ok(()));
         }
         // A kid naming the other key: refused (the kid selects the key).
-        assert!(a.verify(&rs_token(&c, "rsa-a.key", Some("rsa-b")), "AMR-1").is_err());
-        assert!(a.verify(&rs_token(&c, "rsa-a.key", Some("gone")), "AMR-1").is_err());
+        assert!(a
+            .verify(&rs_token(&c, "rsa-a.key", Some("rsa-b")), "AMR-1")
+            .is_err());
+        assert!(a
+            .verify(&rs_token(&c, "rsa-a.key", Some("gone")), "AMR-1")
+            .is_err());
         assert_eq!(a.verify(&es_token(&c, Some("ec-a")), "AMR-1"), Ok(()));
         assert_eq!(a.verify(&es_token(&c, None), "AMR-1"), Ok(()));
         assert!(a.verify(&es_token(&c, None), "AMR-2").is_err());
@@ -426,7 +463,11 @@ mod tests {
                 b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
             let mut out = String::new();
             for chunk in input.chunks(3) {
-                let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+                let b = [
+                    chunk[0],
+                    *chunk.get(1).unwrap_or(&0),
+                    *chunk.get(2).unwrap_or(&0),
+                ];
                 let n = (b[0] as u32) << 16 | (b[1] as u32) << 8 | b[2] as u32;
                 let chars = chunk.len() + 1;
                 for i in 0..chars {

@@ -468,7 +468,8 @@ impl Connection {
             RateDecision::Allow => {}
             RateDecision::Refuse => {
                 metrics::counter!("amr_gateway_rate_limited_total").increment(1);
-                self.refuse_with(ws, ErrorCode::RateLimited, None, None).await;
+                self.refuse_with(ws, ErrorCode::RateLimited, None, None)
+                    .await;
             }
             RateDecision::Close => {
                 tracing::info!(conn = %self.conn_id, device = ?self.device, "sustained rate abuse; closing");

@@ -146,7 +146,7 @@ impl Origins {
             Some(_) if self.allowed.is_empty() => true,
             Some(o) => {
                 let o = normalize_origin(o);
-                self.allowed.iter().any(|a| *a == o)
+                self.allowed.contains(&o)
             }
         }
     }
@@ -219,8 +219,7 @@ impl RateLimiter {
         }
         self.last_refusal = Some(now);
         let since = self.abuse_since.unwrap_or(now);
-        if !self.close_after.is_zero() && now.saturating_duration_since(since) >= self.close_after
-        {
+        if !self.close_after.is_zero() && now.saturating_duration_since(since) >= self.close_after {
             RateDecision::Close
         } else {
             RateDecision::Refuse
@@ -251,8 +250,14 @@ mod tests {
         let _a3 = l.try_acquire(ip(1)).unwrap();
         drop(b1);
         let _c = l.try_acquire(ip(3)).unwrap();
-        assert_eq!(Refusal::GatewayFull.status(), StatusCode::SERVICE_UNAVAILABLE);
-        assert_eq!(Refusal::TooManyFromIp.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(
+            Refusal::GatewayFull.status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        assert_eq!(
+            Refusal::TooManyFromIp.status(),
+            StatusCode::TOO_MANY_REQUESTS
+        );
     }
 
     #[test]
@@ -338,7 +343,10 @@ mod tests {
         // close_after 0: never closed.
         let mut r = RateLimiter::new(1, 1, Duration::ZERO, t0).unwrap();
         for i in 0..100 {
-            assert_ne!(r.check(t0 + Duration::from_millis(10 * i)), RateDecision::Close);
+            assert_ne!(
+                r.check(t0 + Duration::from_millis(10 * i)),
+                RateDecision::Close
+            );
         }
     }
 }

@@ -6,9 +6,9 @@
 //! `AMR_HANDSHAKE_TIMEOUT`.
 
 use crate::connection::Connection;
+use crate::limits::ConnPermit;
 use crate::registry::CONTROL_QUEUE;
 use crate::Shared;
-use crate::limits::ConnPermit;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -66,7 +66,8 @@ async fn serve_socket(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>, 
             .get(tokio_tungstenite::tungstenite::http::header::ORIGIN)
             .map(|v| v.to_str().unwrap_or("\u{fffd}"));
         if !shared.origins.allows(origin) {
-            metrics::counter!("amr_gateway_upgrades_refused_total", "cause" => "origin").increment(1);
+            metrics::counter!("amr_gateway_upgrades_refused_total", "cause" => "origin")
+                .increment(1);
             return Err(refuse(StatusCode::FORBIDDEN, "origin not allowed"));
         }
         match shared.conn_limits.try_acquire(peer.ip()) {

@@ -88,9 +88,7 @@ impl WsClient {
             status: None,
             message,
         };
-        let mut req = url
-            .into_client_request()
-            .map_err(|e| fail(e.to_string()))?;
+        let mut req = url.into_client_request().map_err(|e| fail(e.to_string()))?;
         for (k, v) in headers {
             let name = HeaderName::from_bytes(k.as_bytes()).map_err(|e| fail(e.to_string()))?;
             let value = HeaderValue::from_str(v).map_err(|e| fail(e.to_string()))?;

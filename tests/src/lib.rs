@@ -28,8 +28,11 @@
 //!
 //! Test files (`tests/tests/`): `session_protocol`, `sensor_data`, `errors`, `legacy`,
 //! `idle_disconnect`, `http_endpoints` (each test that makes sense in one process runs in both
-//! modes, see [`both_modes!`]), `faults` (distributed only), `embedded` (embedded only), and
-//! `harness_smoke` (the harness alone).
+//! modes, see [`both_modes!`]), `faults` (distributed only), `embedded` (embedded only),
+//! `hostile` (bad clients, floods, limits and JWT flows while a good client streams; see
+//! docs/threat-model.md), `fuzz_connection` (proptest: random message sequences on a real
+//! embedded connection; `PROPTEST_CASES` raises its case count), and `harness_smoke` (the
+//! harness alone).
 //! Debugging: `AMR_TEST_KEEP=1` keeps each stack's directory (logs, stores);
 //! `AMR_TEST_RUST_LOG=debug` sets the children's `RUST_LOG` (default `info`).
 //!

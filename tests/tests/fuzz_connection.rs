@@ -69,7 +69,13 @@ fn arb_json() -> impl Strategy<Value = Value> {
             prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
             prop::collection::btree_map(
                 prop::sample::select(vec![
-                    "type", "deviceId", "sessionId", "data", "samples", "seq", "timestamp",
+                    "type",
+                    "deviceId",
+                    "sessionId",
+                    "data",
+                    "samples",
+                    "seq",
+                    "timestamp",
                 ])
                 .prop_map(str::to_owned),
                 inner,
@@ -131,14 +137,21 @@ impl Driver {
                 Some(r) => msg::session_start_with_request(d, r).to_string(),
                 None => msg::session_start(d).to_string(),
             },
-            Action::End { target } => msg::session_end(d, self.session(target).as_deref()).to_string(),
+            Action::End { target } => {
+                msg::session_end(d, self.session(target).as_deref()).to_string()
+            }
             Action::Data { target, seq } => {
                 let device = match target {
                     Target::OtherDevice => self.other.as_str(),
                     _ => d,
                 };
-                msg::sensor_data(device, self.session(target).as_deref(), *seq, msg::sample(1))
-                    .to_string()
+                msg::sensor_data(
+                    device,
+                    self.session(target).as_deref(),
+                    *seq,
+                    msg::sample(1),
+                )
+                .to_string()
             }
             Action::Batch { target, samples } => {
                 msg::sensor_batch(d, self.session(target).as_deref(), None, *samples).to_string()
@@ -146,8 +159,9 @@ impl Driver {
             Action::Ping => msg::ping().to_string(),
             Action::Json(v) => v.to_string(),
             Action::Text(t) => t.clone(),
-            Action::Oversized => msg::sensor_data(d, None, None, json!({"x": "y".repeat(MAX_FRAME)}))
-                .to_string(),
+            Action::Oversized => {
+                msg::sensor_data(d, None, None, json!({"x": "y".repeat(MAX_FRAME)})).to_string()
+            }
             Action::Binary(_) | Action::Fragmented { .. } => return None,
         })
     }
@@ -185,15 +199,13 @@ async fn drain_until_pong(
                         }
                     }
                     ServerMessage::SessionCreated(s) => driver.current = Some(s.session_id),
-                    ServerMessage::SessionEnded(e) => {
-                        if driver.current.as_deref() == Some(e.session_id.as_str()) {
-                            driver.current = None;
-                        }
+                    ServerMessage::SessionEnded(e)
+                        if driver.current.as_deref() == Some(e.session_id.as_str()) =>
+                    {
+                        driver.current = None
                     }
-                    ServerMessage::DeviceRegistered(r) => {
-                        if let Some(s) = r.session_id {
-                            driver.current = Some(s);
-                        }
+                    ServerMessage::DeviceRegistered(r) if r.session_id.is_some() => {
+                        driver.current = r.session_id
                     }
                     _ => {}
                 }
@@ -215,7 +227,8 @@ async fn run_case(stack: &Stack, actions: Vec<Action>) -> Result<(), TestCaseErr
         match a {
             Action::Binary(b) => c.send_binary(b.clone()).await,
             Action::Fragmented { parts } => {
-                c.send_fragmented_text(&msg::ping().to_string(), *parts).await;
+                c.send_fragmented_text(&msg::ping().to_string(), *parts)
+                    .await;
                 pongs += 1;
             }
             other => {

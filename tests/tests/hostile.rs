@@ -193,25 +193,66 @@ async fn malformed_and_injected(stack: &Stack, good_device: &str, good_session: 
     }
     // Deep nesting is skipped without recursion (the gateway never builds a tree of a
     // payload; the frame size bounds it): a valid envelope is answered normally.
-    c.send_text(&format!("{{\"type\":\"ping\",\"x\":{deep}}}")).await;
+    c.send_text(&format!("{{\"type\":\"ping\",\"x\":{deep}}}"))
+        .await;
     c.recv_pong().await;
-    let deep_data = format!("{{\"type\":\"sensor_data\",\"deviceId\":\"A\",\"data\":{{\"n\":{deep}}}}}");
-    expect_error(&mut c, &deep_data, ErrorCode::NotRegistered, Some(types::SENSOR_DATA)).await;
+    let deep_data =
+        format!("{{\"type\":\"sensor_data\",\"deviceId\":\"A\",\"data\":{{\"n\":{deep}}}}}");
+    expect_error(
+        &mut c,
+        &deep_data,
+        ErrorCode::NotRegistered,
+        Some(types::SENSOR_DATA),
+    )
+    .await;
     let wrong = [
-        (json!({"type": "device_register", "deviceId": 1}), types::DEVICE_REGISTER),
-        (json!({"type": "device_register", "deviceId": null}), types::DEVICE_REGISTER),
-        (json!({"type": "device_register", "deviceId": "A", "token": 5}), types::DEVICE_REGISTER),
-        (json!({"type": "sensor_data", "deviceId": "A", "data": [1]}), types::SENSOR_DATA),
-        (json!({"type": "sensor_data", "deviceId": "A", "data": {}, "seq": 0}), types::SENSOR_DATA),
-        (json!({"type": "sensor_data", "deviceId": "A", "data": {}, "seq": -1}), types::SENSOR_DATA),
-        (json!({"type": "sensor_data", "deviceId": "A", "data": {}, "seq": 1e30}), types::SENSOR_DATA),
-        (json!({"type": "sensor_batch", "deviceId": "A", "samples": []}), types::SENSOR_BATCH),
-        (json!({"type": "session_start", "deviceId": "A", "requestId": "a b"}), types::SESSION_START),
+        (
+            json!({"type": "device_register", "deviceId": 1}),
+            types::DEVICE_REGISTER,
+        ),
+        (
+            json!({"type": "device_register", "deviceId": null}),
+            types::DEVICE_REGISTER,
+        ),
+        (
+            json!({"type": "device_register", "deviceId": "A", "token": 5}),
+            types::DEVICE_REGISTER,
+        ),
+        (
+            json!({"type": "sensor_data", "deviceId": "A", "data": [1]}),
+            types::SENSOR_DATA,
+        ),
+        (
+            json!({"type": "sensor_data", "deviceId": "A", "data": {}, "seq": 0}),
+            types::SENSOR_DATA,
+        ),
+        (
+            json!({"type": "sensor_data", "deviceId": "A", "data": {}, "seq": -1}),
+            types::SENSOR_DATA,
+        ),
+        (
+            json!({"type": "sensor_data", "deviceId": "A", "data": {}, "seq": 1e30}),
+            types::SENSOR_DATA,
+        ),
+        (
+            json!({"type": "sensor_batch", "deviceId": "A", "samples": []}),
+            types::SENSOR_BATCH,
+        ),
+        (
+            json!({"type": "session_start", "deviceId": "A", "requestId": "a b"}),
+            types::SESSION_START,
+        ),
     ];
     for (v, r) in &wrong {
         expect_error(&mut c, &v.to_string(), ErrorCode::InvalidMessage, Some(r)).await;
     }
-    expect_error(&mut c, "{\"type\":\"ping\\u0000\"}", ErrorCode::UnknownType, None).await;
+    expect_error(
+        &mut c,
+        "{\"type\":\"ping\\u0000\"}",
+        ErrorCode::UnknownType,
+        None,
+    )
+    .await;
     expect_error(&mut c, "{\"type\":\"x\"}", ErrorCode::UnknownType, None).await;
     // Binary frames.
     c.send_binary(vec![0xff, 0x00, 0x7b]).await;
@@ -224,7 +265,18 @@ async fn malformed_and_injected(stack: &Stack, good_device: &str, good_session: 
     // Subject/key injection through deviceId: never registered, never forwarded.
     let big = "x".repeat(10 * 1024);
     let ids = [
-        "a.b", "*", ">", "a>", "a b", " ", "", "ü", "AMR\u{0}", "a\nb", "amr.sensor.>", &big,
+        "a.b",
+        "*",
+        ">",
+        "a>",
+        "a b",
+        " ",
+        "",
+        "ü",
+        "AMR\u{0}",
+        "a\nb",
+        "amr.sensor.>",
+        &big,
         "😀",
     ];
     for id in ids {
@@ -235,7 +287,13 @@ async fn malformed_and_injected(stack: &Stack, good_device: &str, good_session: 
             msg::session_end(id, Some(good_session)),
         ] {
             let r = v["type"].as_str().map(str::to_owned);
-            expect_error(&mut c, &v.to_string(), ErrorCode::InvalidDeviceId, r.as_deref()).await;
+            expect_error(
+                &mut c,
+                &v.to_string(),
+                ErrorCode::InvalidDeviceId,
+                r.as_deref(),
+            )
+            .await;
         }
     }
     // Before registering: NOT_REGISTERED, even naming the good device.
@@ -245,7 +303,13 @@ async fn malformed_and_injected(stack: &Stack, good_device: &str, good_session: 
         msg::sensor_data(good_device, Some(good_session), Some(1), msg::sample(1)),
     ] {
         let r = v["type"].as_str().map(str::to_owned);
-        expect_error(&mut c, &v.to_string(), ErrorCode::NotRegistered, r.as_deref()).await;
+        expect_error(
+            &mut c,
+            &v.to_string(),
+            ErrorCode::NotRegistered,
+            r.as_deref(),
+        )
+        .await;
     }
     // Registered as another device: the good device's session can be neither ended nor
     // written into, and the good deviceId is refused on this connection.
@@ -258,10 +322,22 @@ async fn malformed_and_injected(stack: &Stack, good_device: &str, good_session: 
         msg::register(good_device, Some(msg::CLIENT_VERSION)),
     ] {
         let r = v["type"].as_str().map(str::to_owned);
-        expect_error(&mut c, &v.to_string(), ErrorCode::DeviceMismatch, r.as_deref()).await;
+        expect_error(
+            &mut c,
+            &v.to_string(),
+            ErrorCode::DeviceMismatch,
+            r.as_deref(),
+        )
+        .await;
     }
     let end_other = msg::session_end(&evil, Some(good_session)).to_string();
-    expect_error(&mut c, &end_other, ErrorCode::SessionNotFound, Some(types::SESSION_END)).await;
+    expect_error(
+        &mut c,
+        &end_other,
+        ErrorCode::SessionNotFound,
+        Some(types::SESSION_END),
+    )
+    .await;
     // Refusals of the same (code, session) within a second are coalesced: every id differs.
     for session in [good_session, "session_*", "a.b.>", "session_0000", &big] {
         let v = msg::sensor_data(&evil, Some(session), Some(1), msg::sample(1));
@@ -280,7 +356,13 @@ async fn malformed_and_injected(stack: &Stack, good_device: &str, good_session: 
     }
     for session in ["session_*", "a.b.>", &big] {
         let v = msg::session_end(&evil, Some(session)).to_string();
-        expect_error(&mut c, &v, ErrorCode::SessionNotFound, Some(types::SESSION_END)).await;
+        expect_error(
+            &mut c,
+            &v,
+            ErrorCode::SessionNotFound,
+            Some(types::SESSION_END),
+        )
+        .await;
     }
     // Its own session still works: the connection is not poisoned by what came before.
     let own = c.start(&evil).await.session_id;
@@ -423,7 +505,10 @@ fn jwt_stack(mode: Mode) -> amr_tests::StackBuilder {
     hostile_stack(mode)
         .gateway_env("AMR_AUTH_MODE", "jwt")
         .gateway_env("AMR_JWT_HS256_SECRET", SECRET)
-        .gateway_env("AMR_JWT_PUBLIC_KEYS_DIR", keys.to_str().expect("utf-8 path"))
+        .gateway_env(
+            "AMR_JWT_PUBLIC_KEYS_DIR",
+            keys.to_str().expect("utf-8 path"),
+        )
 }
 
 async fn expect_unauthorized(c: &mut WsClient, register: &Value) {
@@ -485,14 +570,23 @@ async fn jwt_flows(mode: Mode) {
     let wrong_kid = signed_with(Algorithm::RS256, "rsa-a.key", "rsa-b", &claims);
     let none = "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.eyJzdWIiOiJ4IiwiZXhwIjo5OTk5OTk5OTk5fQ.";
     let junk = "x".repeat(9000);
-    for t in [None, Some(expired.as_str()), Some(&other), Some(&wrong_key), Some(&wrong_kid), Some(none), Some(junk.as_str())] {
+    for t in [
+        None,
+        Some(expired.as_str()),
+        Some(&other),
+        Some(&wrong_key),
+        Some(&wrong_kid),
+        Some(none),
+        Some(junk.as_str()),
+    ] {
         let mut c = stack.client(0).await;
         expect_unauthorized(&mut c, &reg(t)).await;
     }
     // A token presented at the upgrade for another device: refused at device_register.
-    let mut c = WsClient::try_connect_with(&url, &[("Authorization", &format!("Bearer {other}"))], None)
-        .await
-        .expect("connect");
+    let mut c =
+        WsClient::try_connect_with(&url, &[("Authorization", &format!("Bearer {other}"))], None)
+            .await
+            .expect("connect");
     expect_unauthorized(&mut c, &reg(None)).await;
     let mut c = WsClient::connect(&format!("{url}?token={expired}")).await;
     expect_unauthorized(&mut c, &reg(None)).await;
@@ -507,7 +601,13 @@ async fn jwt_flows(mode: Mode) {
     // Before any register: NOT_REGISTERED, the connection stays open until the register.
     let mut c = stack.client(0).await;
     let start = msg::session_start(&dev).to_string();
-    expect_error(&mut c, &start, ErrorCode::NotRegistered, Some(types::SESSION_START)).await;
+    expect_error(
+        &mut c,
+        &start,
+        ErrorCode::NotRegistered,
+        Some(types::SESSION_START),
+    )
+    .await;
     expect_unauthorized(&mut c, &reg(None)).await;
 
     good.finish(&stack).await;
@@ -552,3 +652,38 @@ async fn connection_limits() {
 async fn connection_limits_distributed() {
     connection_limits().await;
 }
+
+/// A client that sends but never reads: the gateway's writes stall, and after
+/// `AMR_WRITE_TIMEOUT` it drops the connection instead of buffering for it (every refusal here
+/// echoes a 10 KB sessionId, so the socket buffers fill quickly). A good client streams
+/// meanwhile, undisturbed.
+async fn never_reading_client_is_dropped(mode: Mode) {
+    let stack = Stack::builder()
+        .mode(mode)
+        .gateway_env("AMR_WRITE_TIMEOUT", "1s")
+        .start()
+        .await;
+    let good = Streamer::start(&stack, false).await;
+    let dev = unique_device("DEAF");
+    let mut c = stack.registered_client(0, &dev).await;
+    c.start(&dev).await;
+    let ws = c.into_inner().expect("open");
+    let (mut tx, rx) = ws.split();
+    let pad = "x".repeat(10 * 1024);
+    let dropped = tokio::time::timeout(Duration::from_secs(60), async {
+        for i in 0u64.. {
+            // Distinct ids: refusals of distinct sessions are not coalesced.
+            let v = msg::sensor_data(&dev, Some(&format!("{i}{pad}")), None, msg::sample(i));
+            if tx.send(Message::text(v.to_string())).await.is_err() {
+                return i;
+            }
+        }
+        unreachable!()
+    })
+    .await
+    .expect("the gateway drops a client that never reads");
+    assert!(dropped > 0);
+    drop(rx);
+    good.finish(&stack).await;
+}
+both_modes!(never_reading_client_is_dropped, multi_thread);

@@ -89,7 +89,7 @@ impl Authenticator {
         for key in candidates {
             match self.verify_with(token, key) {
                 Ok(claims) => return self.check_device(&claims, device_id),
-                // An expired token stays expired whatever the key: say so.
+                // The next key may be the right one (rotation); the last reason is logged.
                 Err(e) => last = e,
             }
         }

@@ -44,6 +44,15 @@ pub enum LogFormat {
     Json,
 }
 
+/// `AMR_AUTH_MODE`: whether clients must present a JWT.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum AuthMode {
+    /// No authentication (v1.x apps send no token).
+    None,
+    /// A valid JWT whose device claim equals the registered deviceId.
+    Jwt,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum StorageKind {
     File,
@@ -125,6 +134,49 @@ pub struct Config {
     /// How long a JetStream publish may wait for its ack before it counts as not stored.
     #[arg(long, env = "AMR_PUBLISH_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     pub publish_timeout: Duration,
+    /// Client authentication: `none` or `jwt` (see docs/protocol.md, Authentication).
+    #[arg(long, env = "AMR_AUTH_MODE", value_enum, default_value = "none")]
+    pub auth_mode: AuthMode,
+    /// Shared secret of HS256 tokens (jwt mode).
+    #[arg(long, env = "AMR_JWT_HS256_SECRET", hide_env_values = true)]
+    pub jwt_hs256_secret: Option<String>,
+    /// Directory of PEM public keys for RS256/ES256 tokens; a file's name without extension is
+    /// its `kid` (several keys: rotation).
+    #[arg(long, env = "AMR_JWT_PUBLIC_KEYS_DIR")]
+    pub jwt_public_keys_dir: Option<std::path::PathBuf>,
+    /// The token claim that must equal the registered deviceId.
+    #[arg(long, env = "AMR_JWT_DEVICE_CLAIM", default_value = "sub")]
+    pub jwt_device_claim: String,
+    /// Clock skew tolerated on `exp`/`nbf`.
+    #[arg(long, env = "AMR_JWT_LEEWAY", default_value = "30s", value_parser = parse_duration)]
+    pub jwt_leeway: Duration,
+    /// Messages per second one connection may send (token bucket refill; 0 = no limit).
+    #[arg(long, env = "AMR_CONN_RATE_LIMIT", default_value_t = 5000)]
+    pub conn_rate_limit: u32,
+    /// Burst of the per-connection token bucket (0 = no limit).
+    #[arg(long, env = "AMR_CONN_RATE_BURST", default_value_t = 10000)]
+    pub conn_rate_burst: u32,
+    /// A connection refused for rate at least once a second for this long is closed (1008);
+    /// 0s = never closed for rate.
+    #[arg(long, env = "AMR_RATE_LIMIT_CLOSE_AFTER", default_value = "10s", value_parser = parse_duration)]
+    pub rate_limit_close_after: Duration,
+    /// Open WebSocket connections per client IP (0 = no limit; a fleet behind NAT shares one).
+    #[arg(long, env = "AMR_MAX_CONNS_PER_IP", default_value_t = 0)]
+    pub max_conns_per_ip: usize,
+    /// Open WebSocket connections of this gateway (over it: HTTP 503 at the upgrade).
+    #[arg(long, env = "AMR_MAX_CONNECTIONS", default_value_t = 100000)]
+    pub max_connections: usize,
+    /// A TCP connection that has not completed the WebSocket upgrade by then is dropped.
+    #[arg(long, env = "AMR_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub handshake_timeout: Duration,
+    /// Allowed browser `Origin`s, comma-separated (empty: any). Requests without `Origin`
+    /// (robots) are always allowed.
+    #[arg(long, env = "AMR_ALLOWED_ORIGINS", default_value = "")]
+    pub allowed_origins: String,
+    /// A write to a client that does not complete in this long (the client stopped reading)
+    /// drops the connection.
+    #[arg(long, env = "AMR_WRITE_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub write_timeout: Duration,
     /// Log format (level by RUST_LOG).
     #[arg(long, env = "AMR_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
@@ -157,5 +209,21 @@ mod tests {
         assert_eq!(c.heartbeat_interval(), Duration::from_secs(1));
         assert!(Config::try_parse_from(["x", "--gateway-lost-after", "0s"]).is_err());
         assert!(Config::try_parse_from(["x", "--gateway-lost-after", "soon"]).is_err());
+    }
+
+    #[test]
+    fn security_defaults() {
+        let c = Config::try_parse_from(["amr-gateway"]).unwrap();
+        assert_eq!(c.auth_mode, AuthMode::None);
+        assert_eq!(c.jwt_device_claim, "sub");
+        assert_eq!(c.jwt_leeway, Duration::from_secs(30));
+        assert_eq!((c.conn_rate_limit, c.conn_rate_burst), (5000, 10000));
+        assert_eq!(c.max_conns_per_ip, 0);
+        assert_eq!(c.max_connections, 100000);
+        assert_eq!(c.handshake_timeout, Duration::from_secs(10));
+        assert_eq!(c.allowed_origins, "");
+        let c = Config::try_parse_from(["x", "--auth-mode", "jwt"]).unwrap();
+        assert_eq!(c.auth_mode, AuthMode::Jwt);
+        assert!(Config::try_parse_from(["x", "--auth-mode", "basic"]).is_err());
     }
 }

@@ -10,6 +10,7 @@ use crate::acks::AckPoint;
 use crate::backend::{Published, Stamp};
 use crate::deadline::Deadline;
 use crate::forward::TraceIds;
+use crate::limits::{RateDecision, RateLimiter};
 use crate::registry::Control;
 use crate::Shared;
 use amr_proto::client::{self, ClientMessage, SensorKind, SensorMessage};
@@ -46,6 +47,11 @@ pub type Ws = WebSocketStream<TcpStream>;
 const RECENT_SESSIONS: usize = 16;
 /// Refusals of sensor data are coalesced to one error per this period (with a `count`).
 const COALESCE_PERIOD: Duration = Duration::from_secs(1);
+/// Bound on sending a close frame to a client that may have stopped reading.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+/// After a policy close, how long frames still arriving are read and dropped, so that the
+/// socket is not closed with unread data (a TCP reset that would lose the close frame).
+const CLOSE_LINGER: Duration = Duration::from_secs(2);
 
 /// The session this connection currently sends data into.
 struct Current {
@@ -92,7 +98,8 @@ struct Recent {
 struct Coalesce {
     code: ErrorCode,
     session_id: Option<String>,
-    ref_type: &'static str,
+    /// None for refusals of unparsed messages (rate limiting).
+    ref_type: Option<&'static str>,
     window_start: Instant,
     suppressed: u64,
 }
@@ -135,6 +142,13 @@ pub struct Connection {
     ack: Option<AckPoint>,
     ack_due: Deadline,
     coalesce_due: Deadline,
+    /// A token presented at the upgrade (`Authorization: Bearer` or `?token=`).
+    upgrade_token: Option<String>,
+    /// `None` when rate limiting is off.
+    rate: Option<RateLimiter>,
+    /// Set when a write to the client did not complete within `AMR_WRITE_TIMEOUT`: the client
+    /// stopped reading, and the connection is dropped.
+    write_stalled: bool,
 }
 
 enum Flow {
@@ -146,7 +160,6 @@ impl Connection {
     pub fn new(shared: Arc<Shared>, conn_id: String) -> Self {
         let owner = shared.subjects.connection(&shared.gateway_id, &conn_id);
         Connection {
-            shared,
             conn_id,
             owner,
             device: None,
@@ -160,7 +173,21 @@ impl Connection {
             ack: None,
             ack_due: Deadline::default(),
             coalesce_due: Deadline::default(),
+            upgrade_token: None,
+            rate: RateLimiter::new(
+                shared.config.conn_rate_limit,
+                shared.config.conn_rate_burst,
+                shared.config.rate_limit_close_after,
+                Instant::now(),
+            ),
+            write_stalled: false,
+            shared,
         }
+    }
+
+    pub fn with_upgrade_token(mut self, token: Option<String>) -> Self {
+        self.upgrade_token = token;
+        self
     }
 
     /// Runs the connection to its end, then reports a held session as disconnected.
@@ -186,6 +213,11 @@ impl Connection {
         }
         let mut was_readable = true;
         loop {
+            if self.write_stalled {
+                tracing::info!(conn = %self.conn_id, device = ?self.device, "client stopped reading; dropping the connection");
+                metrics::counter!("amr_gateway_connections_closed_total", "cause" => "write_stalled").increment(1);
+                return Exit::Gone;
+            }
             self.coalesce_due.set(
                 self.coalesce
                     .as_ref()
@@ -247,8 +279,10 @@ impl Connection {
                         close(ws, CloseCode::Away, "peer timeout").await;
                         return Exit::Gone;
                     }
-                    if ws.send(Message::Ping(Bytes::new())).await.is_err() {
-                        return Exit::Gone;
+                    match tokio::time::timeout(config.write_timeout, ws.send(Message::Ping(Bytes::new()))).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(_)) => return Exit::Gone,
+                        Err(_) => self.write_stalled = true,
                     }
                 }
                 _ = activity.tick() => self.report_activity(),
@@ -264,11 +298,18 @@ impl Connection {
         ctrl: &mut mpsc::Receiver<Control>,
         msg: Message,
     ) -> Flow {
+        if matches!(msg, Message::Text(_) | Message::Binary(_)) {
+            // Before any parsing: a flood costs as little as possible.
+            match self.check_rate(ws).await {
+                RateDecision::Allow => {}
+                RateDecision::Refuse => return Flow::Continue,
+                RateDecision::Close => return Flow::Close,
+            }
+        }
         match msg {
             Message::Text(text) => {
                 let raw: Bytes = text.clone().into();
-                self.on_text(ws, ctrl, text.as_str(), raw).await;
-                Flow::Continue
+                self.on_text(ws, ctrl, text.as_str(), raw).await
             }
             Message::Binary(_) => {
                 self.count_in("binary");
@@ -293,7 +334,7 @@ impl Connection {
         ctrl: &mut mpsc::Receiver<Control>,
         text: &str,
         raw: Bytes,
-    ) {
+    ) -> Flow {
         let msg = match client::parse(text) {
             Ok(m) => m,
             Err(e) => {
@@ -303,7 +344,7 @@ impl Connection {
                 out.device_id = e.device_id.or_else(|| self.device.clone());
                 out.request_id = e.request_id;
                 self.send_error(ws, out).await;
-                return;
+                return Flow::Continue;
             }
         };
         self.count_in(msg.wire_type());
@@ -317,9 +358,10 @@ impl Connection {
             ClientMessage::DeviceRegister {
                 device_id,
                 client_version,
-                ..
+                token,
             } => {
-                self.on_register(ws, &device_id, client_version.as_deref())
+                return self
+                    .on_register(ws, &device_id, client_version.as_deref(), token.as_deref())
                     .await
             }
             ClientMessage::SessionStart {
@@ -330,7 +372,7 @@ impl Connection {
                     .require_device(ws, device_id.as_deref(), client::types::SESSION_START)
                     .await
                 else {
-                    return;
+                    return Flow::Continue;
                 };
                 self.on_start(ws, ctrl, device, request_id.map(|r| r.into_owned()))
                     .await
@@ -343,7 +385,7 @@ impl Connection {
                     .require_device(ws, device_id.as_deref(), client::types::SESSION_END)
                     .await
                 else {
-                    return;
+                    return Flow::Continue;
                 };
                 self.on_end(ws, ctrl, device, session_id.map(|s| s.into_owned()))
                     .await
@@ -353,14 +395,21 @@ impl Connection {
                     .require_device(ws, sensor.device_id.as_deref(), sensor.kind.wire_type())
                     .await
                 else {
-                    return;
+                    return Flow::Continue;
                 };
                 self.on_sensor(ws, ctrl, device, sensor, raw).await
             }
         }
+        Flow::Continue
     }
 
-    async fn on_register(&mut self, ws: &mut Ws, device_id: &str, client_version: Option<&str>) {
+    async fn on_register(
+        &mut self,
+        ws: &mut Ws,
+        device_id: &str,
+        client_version: Option<&str>,
+        token: Option<&str>,
+    ) -> Flow {
         match &self.device {
             Some(bound) if bound != device_id => {
                 let mut e = ErrorMessage::new(
@@ -370,10 +419,23 @@ impl Connection {
                 e.device_id = Some(device_id.to_owned());
                 e.ref_type = Some(client::types::DEVICE_REGISTER.to_owned());
                 self.send_error(ws, e).await;
-                return;
+                return Flow::Continue;
             }
             Some(_) => {}
             None => {
+                if let Err(why) = self.authenticate(device_id, token) {
+                    tracing::info!(conn = %self.conn_id, device = device_id, reason = %why, "authentication failed");
+                    metrics::counter!("amr_gateway_connections_closed_total", "cause" => "unauthorized").increment(1);
+                    let mut e = ErrorMessage::new(
+                        ErrorCode::Unauthorized,
+                        "a valid token for this deviceId is required",
+                    );
+                    e.device_id = Some(device_id.to_owned());
+                    e.ref_type = Some(client::types::DEVICE_REGISTER.to_owned());
+                    self.send_error(ws, e).await;
+                    close_lingering(ws, CloseCode::Policy, "unauthorized").await;
+                    return Flow::Close;
+                }
                 self.device = Some(device_id.to_owned());
                 let session_aware = client_version.is_some_and(ids::is_session_aware_version);
                 if !session_aware {
@@ -396,6 +458,49 @@ impl Connection {
             session_id,
         });
         self.send(ws, reply).await;
+        Flow::Continue
+    }
+
+    /// With `AMR_AUTH_MODE=jwt`: the token of the register message, else the one of the
+    /// upgrade, must be valid for `device_id`.
+    fn authenticate(&self, device_id: &str, token: Option<&str>) -> Result<(), String> {
+        let Some(auth) = self.shared.auth.as_ref() else {
+            return Ok(());
+        };
+        let Some(token) = token.or(self.upgrade_token.as_deref()) else {
+            return Err("no token".to_owned());
+        };
+        auth.verify(token, device_id).map_err(|e| e.0)
+    }
+
+    /// Counts one client message against the connection's rate: a refused message is dropped
+    /// unparsed and answered by a coalesced `RATE_LIMITED`; sustained abuse closes with 1008.
+    async fn check_rate(&mut self, ws: &mut Ws) -> RateDecision {
+        let Some(rate) = self.rate.as_mut() else {
+            return RateDecision::Allow;
+        };
+        let decision = rate.check(Instant::now());
+        match decision {
+            RateDecision::Allow => {}
+            RateDecision::Refuse => {
+                metrics::counter!("amr_gateway_rate_limited_total").increment(1);
+                self.refuse_with(ws, ErrorCode::RateLimited, None, None)
+                    .await;
+            }
+            RateDecision::Close => {
+                tracing::info!(conn = %self.conn_id, device = ?self.device, "sustained rate abuse; closing");
+                metrics::counter!("amr_gateway_connections_closed_total", "cause" => "rate_limited").increment(1);
+                self.flush_coalesced(ws).await;
+                let mut e = ErrorMessage::new(
+                    ErrorCode::RateLimited,
+                    "message rate over the limit for too long; closing",
+                );
+                e.device_id = self.device.clone();
+                self.send_error(ws, e).await;
+                close_lingering(ws, CloseCode::Policy, "rate limit exceeded").await;
+            }
+        }
+        decision
     }
 
     /// The connection's device, if the message may act for it (NOT_REGISTERED /
@@ -1063,6 +1168,16 @@ impl Connection {
         session_id: Option<String>,
         ref_type: &'static str,
     ) {
+        self.refuse_with(ws, code, session_id, Some(ref_type)).await
+    }
+
+    async fn refuse_with(
+        &mut self,
+        ws: &mut Ws,
+        code: ErrorCode,
+        session_id: Option<String>,
+        ref_type: Option<&'static str>,
+    ) {
         if let Some(c) = self.coalesce.as_mut() {
             if c.code == code
                 && c.session_id == session_id
@@ -1077,12 +1192,13 @@ impl Connection {
             ErrorCode::SessionNotActive => "session is not the device's active session",
             ErrorCode::NoActiveSession => "no active session: send session_start first",
             ErrorCode::ServiceUnavailable => "session service unavailable",
+            ErrorCode::RateLimited => "message rate over the limit",
             _ => "message refused",
         };
         let mut e = ErrorMessage::new(code, format!("{message}; the message was not forwarded"));
         e.device_id = self.device.clone();
         e.session_id = session_id.clone();
-        e.ref_type = Some(ref_type.to_owned());
+        e.ref_type = ref_type.map(str::to_owned);
         self.send_error(ws, e).await;
         self.coalesce = Some(Coalesce {
             code,
@@ -1109,7 +1225,7 @@ impl Connection {
         );
         e.device_id = self.device.clone();
         e.session_id = c.session_id.clone();
-        e.ref_type = Some(c.ref_type.to_owned());
+        e.ref_type = c.ref_type.map(str::to_owned);
         e.count = Some(c.suppressed);
         self.send_error(ws, e).await;
         // Keep rate limiting: the next window starts now.
@@ -1126,8 +1242,19 @@ impl Connection {
     }
 
     async fn send(&mut self, ws: &mut Ws, msg: ServerMessage) {
+        if self.write_stalled {
+            return;
+        }
         // A failed write means the socket is gone; the read side notices and ends the loop.
-        let _ = ws.send(Message::Text(msg.to_json().into())).await;
+        // A write that never completes (a client that stopped reading) is bounded: the
+        // connection holds one message at most, whatever the client does.
+        let write = ws.send(Message::Text(msg.to_json().into()));
+        if tokio::time::timeout(self.shared.config.write_timeout, write)
+            .await
+            .is_err()
+        {
+            self.write_stalled = true;
+        }
     }
 
     fn count_in(&self, kind: &'static str) {
@@ -1159,10 +1286,19 @@ fn service_error(e: ServiceError, ref_type: &str) -> ErrorMessage {
 }
 
 async fn close(ws: &mut Ws, code: CloseCode, reason: &'static str) {
-    let _ = ws
-        .close(Some(CloseFrame {
-            code,
-            reason: reason.into(),
-        }))
-        .await;
+    let frame = CloseFrame {
+        code,
+        reason: reason.into(),
+    };
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, ws.close(Some(frame))).await;
+}
+
+/// Closes, then reads and drops what the client still sends until it answers the close (or
+/// `CLOSE_LINGER` passes): a client flooding at the moment of the close still gets the frame.
+async fn close_lingering(ws: &mut Ws, code: CloseCode, reason: &'static str) {
+    close(ws, code, reason).await;
+    let _ = tokio::time::timeout(CLOSE_LINGER, async {
+        while let Some(Ok(_)) = ws.next().await {}
+    })
+    .await;
 }

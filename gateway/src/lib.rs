@@ -9,12 +9,14 @@
 //! must survive the process.
 
 pub mod acks;
+pub mod auth;
 pub mod backend;
 pub mod config;
 pub mod connection;
 pub mod deadline;
 pub mod forward;
 pub mod http;
+pub mod limits;
 pub mod listener;
 pub mod registry;
 pub mod session_client;
@@ -42,6 +44,10 @@ pub struct Shared {
     /// Becomes true on shutdown: connections close with 1012.
     pub drain: watch::Receiver<bool>,
     pub draining: AtomicBool,
+    /// `None` when `AMR_AUTH_MODE=none`.
+    pub auth: Option<auth::Authenticator>,
+    pub conn_limits: Arc<limits::ConnLimits>,
+    pub origins: limits::Origins,
 }
 
 impl Shared {
@@ -100,6 +106,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), BoxError> {
     let metrics = http::install_metrics()?;
+    let auth = auth::Authenticator::from_config(&config)?;
     let (drain_tx, drain_rx) = watch::channel(false);
     let shared = Arc::new(Shared {
         subjects: Subjects::new(config.subject_prefix.clone()),
@@ -111,6 +118,9 @@ pub async fn serve(
         config: config.clone(),
         drain: drain_rx,
         draining: AtomicBool::new(false),
+        auth,
+        conn_limits: limits::ConnLimits::new(config.max_connections, config.max_conns_per_ip),
+        origins: limits::Origins::parse(&config.allowed_origins),
     });
     let http_listener = tokio::net::TcpListener::bind(config.http_listen).await?;
     tokio::spawn(http::serve(

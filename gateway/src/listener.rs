@@ -1,8 +1,15 @@
 //! Accepting TCP connections and upgrading them to WebSocket on the configured path.
+//!
+//! At the upgrade, before any WebSocket exists: the path, the `Origin` allow-list (403), the
+//! connection limits per gateway (503) and per client IP (429), and a token presented in the
+//! request (kept for `device_register`). A TCP connection that never upgrades is dropped after
+//! `AMR_HANDSHAKE_TIMEOUT`.
 
 use crate::connection::Connection;
+use crate::limits::ConnPermit;
 use crate::registry::CONTROL_QUEUE;
 use crate::Shared;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,16 +19,13 @@ use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, 
 use tokio_tungstenite::tungstenite::http::StatusCode;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
-/// A TCP connection that has not completed the WebSocket upgrade by then is dropped.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
 pub async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
     let next_id = AtomicU64::new(1);
     loop {
         match listener.accept().await {
-            Ok((stream, _peer)) => {
+            Ok((stream, peer)) => {
                 let conn_id = format!("c{}", next_id.fetch_add(1, Ordering::Relaxed));
-                tokio::spawn(serve_socket(stream, shared.clone(), conn_id));
+                tokio::spawn(serve_socket(stream, peer, shared.clone(), conn_id));
             }
             Err(e) => {
                 // Out of file descriptors and the like: back off instead of spinning.
@@ -41,23 +45,44 @@ fn ws_config(max_message: usize) -> WebSocketConfig {
         .max_frame_size(Some(max_message))
 }
 
+fn refuse(status: StatusCode, why: &str) -> ErrorResponse {
+    let mut resp = ErrorResponse::new(Some(why.to_owned()));
+    *resp.status_mut() = status;
+    resp
+}
+
 // The upgrade callback's signature is tungstenite's; its error type is an HTTP response.
 #[allow(clippy::result_large_err)]
-async fn serve_socket(stream: TcpStream, shared: Arc<Shared>, conn_id: String) {
+async fn serve_socket(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>, conn_id: String) {
     let _ = stream.set_nodelay(true);
-    let path = shared.config.ws_path.clone();
-    let check_path = move |req: &Request, resp: Response| -> Result<Response, ErrorResponse> {
-        if req.uri().path() == path {
-            Ok(resp)
-        } else {
-            let mut not_found = ErrorResponse::new(Some("not found".to_owned()));
-            *not_found.status_mut() = StatusCode::NOT_FOUND;
-            Err(not_found)
+    let mut permit: Option<ConnPermit> = None;
+    let mut token: Option<String> = None;
+    let check = |req: &Request, resp: Response| -> Result<Response, ErrorResponse> {
+        if req.uri().path() != shared.config.ws_path {
+            return Err(refuse(StatusCode::NOT_FOUND, "not found"));
         }
+        let origin = req
+            .headers()
+            .get(tokio_tungstenite::tungstenite::http::header::ORIGIN)
+            .map(|v| v.to_str().unwrap_or("\u{fffd}"));
+        if !shared.origins.allows(origin) {
+            metrics::counter!("amr_gateway_upgrades_refused_total", "cause" => "origin")
+                .increment(1);
+            return Err(refuse(StatusCode::FORBIDDEN, "origin not allowed"));
+        }
+        match shared.conn_limits.try_acquire(peer.ip()) {
+            Ok(p) => permit = Some(p),
+            Err(refusal) => {
+                metrics::counter!("amr_gateway_upgrades_refused_total", "cause" => refusal.as_str()).increment(1);
+                return Err(refuse(refusal.status(), "too many connections"));
+            }
+        }
+        token = crate::auth::upgrade_token(req);
+        Ok(resp)
     };
     let config = ws_config(shared.config.max_frame_bytes);
-    let upgrade = tokio_tungstenite::accept_hdr_async_with_config(stream, check_path, Some(config));
-    let ws = match tokio::time::timeout(HANDSHAKE_TIMEOUT, upgrade).await {
+    let upgrade = tokio_tungstenite::accept_hdr_async_with_config(stream, check, Some(config));
+    let ws = match tokio::time::timeout(shared.config.handshake_timeout, upgrade).await {
         Ok(Ok(ws)) => ws,
         Ok(Err(e)) => {
             tracing::debug!(error = %e, "websocket upgrade failed");
@@ -68,6 +93,10 @@ async fn serve_socket(stream: TcpStream, shared: Arc<Shared>, conn_id: String) {
             return;
         }
     };
+    // Held for the life of the connection: its slot is released when this task ends.
+    let Some(_permit) = permit else {
+        return;
+    };
     if shared.is_draining() {
         return;
     }
@@ -75,6 +104,9 @@ async fn serve_socket(stream: TcpStream, shared: Arc<Shared>, conn_id: String) {
     shared.registry.insert(&conn_id, tx);
     metrics::gauge!("amr_gateway_connections").increment(1.0);
     metrics::counter!("amr_gateway_connections_opened_total").increment(1);
-    Connection::new(shared.clone(), conn_id).run(ws, rx).await;
+    Connection::new(shared.clone(), conn_id)
+        .with_upgrade_token(token)
+        .run(ws, rx)
+        .await;
     metrics::gauge!("amr_gateway_connections").decrement(1.0);
 }

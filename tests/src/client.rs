@@ -34,6 +34,14 @@ pub enum Incoming {
     Closed(Option<CloseFrame>),
 }
 
+/// Why [`WsClient::try_connect_with`] failed.
+#[derive(Debug)]
+pub struct ConnectError {
+    /// The HTTP status of a refused upgrade.
+    pub status: Option<u16>,
+    pub message: String,
+}
+
 pub struct WsClient {
     ws: Option<Ws>,
     url: String,
@@ -66,8 +74,70 @@ impl WsClient {
         })
     }
 
+    /// Connects with extra request headers (`Authorization`, `Origin`, ...), optionally from a
+    /// given local loopback address (per-IP limits). Err carries the HTTP status when the
+    /// server refused the upgrade.
+    pub async fn try_connect_with(
+        url: &str,
+        headers: &[(&str, &str)],
+        from: Option<std::net::IpAddr>,
+    ) -> Result<WsClient, ConnectError> {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        use tokio_tungstenite::tungstenite::http::{HeaderName, HeaderValue};
+        let fail = |message: String| ConnectError {
+            status: None,
+            message,
+        };
+        let mut req = url.into_client_request().map_err(|e| fail(e.to_string()))?;
+        for (k, v) in headers {
+            let name = HeaderName::from_bytes(k.as_bytes()).map_err(|e| fail(e.to_string()))?;
+            let value = HeaderValue::from_str(v).map_err(|e| fail(e.to_string()))?;
+            req.headers_mut().insert(name, value);
+        }
+        let authority = req
+            .uri()
+            .authority()
+            .map(|a| a.as_str().to_owned())
+            .ok_or_else(|| fail("no authority".into()))?;
+        let addr: std::net::SocketAddr = authority
+            .parse()
+            .map_err(|e| fail(format!("{authority}: {e}")))?;
+        let connect = async {
+            let sock = tokio::net::TcpSocket::new_v4().map_err(|e| fail(e.to_string()))?;
+            if let Some(ip) = from {
+                sock.bind(std::net::SocketAddr::new(ip, 0))
+                    .map_err(|e| fail(e.to_string()))?;
+            }
+            let stream = sock.connect(addr).await.map_err(|e| fail(e.to_string()))?;
+            tokio_tungstenite::client_async(req, MaybeTlsStream::Plain(stream))
+                .await
+                .map_err(|e| match e {
+                    tokio_tungstenite::tungstenite::Error::Http(resp) => ConnectError {
+                        status: Some(resp.status().as_u16()),
+                        message: format!("HTTP {}", resp.status()),
+                    },
+                    other => fail(other.to_string()),
+                })
+        };
+        let (ws, _resp) = tokio::time::timeout(RECV_TIMEOUT, connect)
+            .await
+            .map_err(|_| fail("timed out".into()))??;
+        Ok(WsClient {
+            ws: Some(ws),
+            url: url.to_owned(),
+            pending: VecDeque::new(),
+            acks: Vec::new(),
+            timeout: RECV_TIMEOUT,
+        })
+    }
+
     pub fn url(&self) -> &str {
         &self.url
+    }
+
+    /// The underlying WebSocket (for tests that drive frames themselves, e.g. floods).
+    pub fn into_inner(mut self) -> Option<Ws> {
+        self.ws.take()
     }
 
     fn ws(&mut self) -> &mut Ws {

@@ -31,7 +31,10 @@
 //! modes, see [`both_modes!`]), `doc_examples` (the examples of `docs/protocol.md`, replayed in
 //! both modes and validated against `proto/schema/`), `faults` and `sensor_durability`
 //! (distributed only; the latter reads sessions back with the `amr-export` library and binary),
-//! `embedded` (embedded only), and `harness_smoke` (the harness alone).
+//! `embedded` (embedded only), `hostile` (bad clients, floods, limits and JWT flows while a good
+//! client streams; see docs/threat-model.md), `fuzz_connection` (proptest: random message
+//! sequences on a real embedded connection; `PROPTEST_CASES` raises its case count), and
+//! `harness_smoke` (the harness alone).
 //! Debugging: `AMR_TEST_KEEP=1` keeps each stack's directory (logs, stores);
 //! `AMR_TEST_RUST_LOG=debug` sets the children's `RUST_LOG` (default `info`).
 //!

@@ -124,11 +124,11 @@ pub fn init(default_service: &str, format: Format) -> Telemetry {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     // The exporter's own transport must not trace itself (a span per export, forever).
     let otel_filter = FilterFn::new(|meta| {
-        let t = meta.target();
-        !(meta.is_span() && meta.name() == CONNECTION_SPAN)
-            && !["h2", "hyper", "tonic", "tower", "opentelemetry", "reqwest"]
-                .iter()
-                .any(|p| t.starts_with(p))
+        let connection = meta.is_span() && meta.name() == CONNECTION_SPAN;
+        let transport = ["h2", "hyper", "tonic", "tower", "opentelemetry", "reqwest"]
+            .iter()
+            .any(|p| meta.target().starts_with(p));
+        !connection && !transport
     });
     let otel = tracing_opentelemetry::layer()
         .with_tracer(tracer)

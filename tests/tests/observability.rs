@@ -351,3 +351,68 @@ async fn json_logs_carry_ids_and_no_payload_or_token() {
         );
     }
 }
+
+/// `/readyz` follows NATS on both services (and `/healthz` stays 200: liveness only).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_follows_nats_on_both_services() {
+    let mut stack = Stack::start_mode(Mode::Distributed).await;
+    let urls = [stack.http_url(0), stack.service_http_url(0)];
+    for base in &urls {
+        assert_eq!(http::get(&format!("{base}/readyz")).await.status, 200);
+    }
+    stack.nats_mut().stop();
+    for base in &urls {
+        let readyz = format!("{base}/readyz");
+        amr_tests::wait::wait_until("/readyz 503 without NATS", WAIT_TIMEOUT, || async {
+            http::get(&readyz).await.status == 503
+        })
+        .await;
+        assert_eq!(http::get(&format!("{base}/healthz")).await.status, 200);
+    }
+    let (_, gw) = scrape(&urls[0]).await;
+    assert_eq!(value(&gw, "amr_gateway_nats_connected"), 0.0);
+    stack.nats_mut().restart().await;
+    for base in &urls {
+        let readyz = format!("{base}/readyz");
+        amr_tests::wait::wait_until("/readyz 200 with NATS back", WAIT_TIMEOUT, || async {
+            http::get(&readyz).await.status == 200
+        })
+        .await;
+    }
+}
+
+/// The dashboard uses only series the services expose, and the README documents each one.
+#[test]
+fn dashboard_series_are_documented() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let dashboard = std::fs::read_to_string(root.join("deploy/grafana/amr-bridge.json"))
+        .expect("read the dashboard");
+    let readme = std::fs::read_to_string(root.join("README.md")).expect("read README");
+    let parsed: serde_json::Value = serde_json::from_str(&dashboard).expect("dashboard is JSON");
+    assert!(parsed["panels"].as_array().is_some_and(|p| !p.is_empty()));
+    let mut names = std::collections::BTreeSet::new();
+    let bytes = dashboard.as_bytes();
+    let mut i = 0;
+    while let Some(pos) = dashboard[i..].find("amr_") {
+        let start = i + pos;
+        let end = start
+            + bytes[start..]
+                .iter()
+                .take_while(|b| b.is_ascii_lowercase() || **b == b'_')
+                .count();
+        let name = &dashboard[start..end];
+        let base = ["_bucket", "_count", "_sum"]
+            .iter()
+            .find_map(|s| name.strip_suffix(s))
+            .unwrap_or(name);
+        names.insert(base.to_owned());
+        i = end;
+    }
+    assert!(names.len() > 10, "{names:?}");
+    for name in &names {
+        assert!(
+            readme.contains(&format!("| `{name}` |")),
+            "{name} is on the dashboard but not in README's metrics table"
+        );
+    }
+}

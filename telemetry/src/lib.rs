@@ -225,3 +225,30 @@ pub fn set_parent_from(span: &tracing::Span, headers: Option<&async_nats::Header
         let _ = span.set_parent(cx);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn injector_refuses_cr_lf_and_extractor_reads_traceparent() {
+        let mut h = async_nats::HeaderMap::new();
+        NatsInjector(&mut h).set(TRACEPARENT, "bad\r\nvalue".to_owned());
+        assert!(h.get(TRACEPARENT).is_none());
+        let tp = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+        NatsInjector(&mut h).set(TRACEPARENT, tp.to_owned());
+        assert_eq!(NatsExtractor(&h).get(TRACEPARENT), Some(tp));
+        let cx = TraceContextPropagator::new().extract(&NatsExtractor(&h));
+        let sc = cx.span().span_context().clone();
+        assert!(sc.is_valid() && sc.is_remote());
+        assert_eq!(sc.trace_id().to_string(), "0af7651916cd43dd8448eb211c80319c");
+    }
+
+    #[test]
+    fn service_name_defaults() {
+        // Only the default branch: the environment is the test runner's.
+        if std::env::var("OTEL_SERVICE_NAME").is_err() {
+            assert_eq!(service_name("amr-gateway"), "amr-gateway");
+        }
+    }
+}

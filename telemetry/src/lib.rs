@@ -171,6 +171,14 @@ pub fn record_trace_id(span: &tracing::Span) {
     }
 }
 
+/// The OpenTelemetry trace id of `span` (32 hex digits), if it has one. For example to give
+/// the sensor messages of a session the trace id of the `session_start` that created it.
+pub fn trace_id(span: &tracing::Span) -> Option<String> {
+    let cx = span.context();
+    let sc = cx.span().span_context().clone();
+    sc.is_valid().then(|| sc.trace_id().to_string())
+}
+
 /// The W3C `traceparent` of `span` (None when it has no valid context).
 pub fn traceparent(span: &tracing::Span) -> Option<String> {
     let cx = span.context();

@@ -48,14 +48,26 @@ impl SessionClient {
         op: &'static str,
         req: &Req,
     ) -> Result<Resp, ServiceError> {
-        let span = tracing::info_span!(
-            "session_op",
-            otel.name = op,
-            otel.kind = "client",
-            op,
-            result = tracing::field::Empty,
-            traceId = tracing::field::Empty,
-        );
+        // Heartbeats are periodic: a trace each would drown the useful ones (debug only).
+        let span = if op == ops::HEARTBEAT {
+            tracing::debug_span!(
+                "session_op",
+                otel.name = op,
+                otel.kind = "client",
+                op,
+                result = tracing::field::Empty,
+                traceId = tracing::field::Empty,
+            )
+        } else {
+            tracing::info_span!(
+                "session_op",
+                otel.name = op,
+                otel.kind = "client",
+                op,
+                result = tracing::field::Empty,
+                traceId = tracing::field::Empty,
+            )
+        };
         amr_telemetry::record_trace_id(&span);
         self.call_in(op, req, &span).instrument(span.clone()).await
     }

@@ -600,7 +600,7 @@ impl SessionStore for RedisStore {
         Ok(claimed == 1)
     }
 
-    #[tracing::instrument(name = "redis.heartbeat", skip_all, fields(otel.kind = "client", db.system = "redis"))]
+    #[tracing::instrument(name = "redis.heartbeat", level = "debug", skip_all, fields(otel.kind = "client", db.system = "redis"))]
     async fn heartbeat(&self, gateway_id: &str, now: i64) -> Result<(), StoreError> {
         let mut conn = self.conn.clone();
         let mut cmd = redis::cmd("ZADD");

@@ -67,16 +67,28 @@ pub async fn start<S: SessionStore>(
                     break;
                 };
                 let engine = engine.clone();
-                let span = tracing::info_span!(
-                    "session_op",
-                    otel.name = op,
-                    otel.kind = "server",
-                    op,
-                    result = Empty,
-                    deviceId = Empty,
-                    sessionId = Empty,
-                    traceId = Empty,
-                );
+                // Heartbeats are periodic: a trace each would drown the useful ones.
+                let span = if op == ops::HEARTBEAT {
+                    tracing::debug_span!(
+                        "session_op",
+                        otel.name = op,
+                        otel.kind = "server",
+                        op,
+                        result = Empty,
+                        traceId = Empty,
+                    )
+                } else {
+                    tracing::info_span!(
+                        "session_op",
+                        otel.name = op,
+                        otel.kind = "server",
+                        op,
+                        result = Empty,
+                        deviceId = Empty,
+                        sessionId = Empty,
+                        traceId = Empty,
+                    )
+                };
                 amr_telemetry::set_parent_from(&span, request.message.headers.as_ref());
                 amr_telemetry::record_trace_id(&span);
                 tokio::spawn(

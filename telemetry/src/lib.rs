@@ -249,7 +249,10 @@ mod tests {
         let cx = TraceContextPropagator::new().extract(&NatsExtractor(&h));
         let sc = cx.span().span_context().clone();
         assert!(sc.is_valid() && sc.is_remote());
-        assert_eq!(sc.trace_id().to_string(), "0af7651916cd43dd8448eb211c80319c");
+        assert_eq!(
+            sc.trace_id().to_string(),
+            "0af7651916cd43dd8448eb211c80319c"
+        );
     }
 
     #[test]

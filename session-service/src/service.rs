@@ -179,7 +179,11 @@ async fn dispatch<S: SessionStore>(
         ops::START => match parse::<StartRequest>(payload) {
             Ok(r) => {
                 note(&r.device_id, None);
-                encode(engine.start(&r).await)
+                let started = engine.start(&r).await;
+                if let Ok(ok) = &started {
+                    Span::current().record("sessionId", ok.session_id.as_str());
+                }
+                encode(started)
             }
             Err(e) => error_reply(e),
         },

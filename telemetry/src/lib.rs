@@ -147,6 +147,10 @@ pub fn init(default_service: &str, format: Format) -> Telemetry {
     if let Err(e) = result {
         eprintln!("logging already initialised: {e}");
     }
+    let protocol = std::env::var("OTEL_EXPORTER_OTLP_PROTOCOL").unwrap_or_default();
+    if exporting && !protocol.is_empty() && protocol != "grpc" {
+        tracing::warn!(%protocol, "only OTLP over gRPC is built in; exporting with grpc");
+    }
     if let Some(e) = export_error {
         tracing::warn!(error = %e, "OTLP exporter not available; spans are not exported");
     } else if exporting {

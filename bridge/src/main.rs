@@ -11,18 +11,20 @@ async fn main() -> std::process::ExitCode {
         Ok(c) => c,
         Err(e) => e.exit(),
     };
-    amr_gateway::init_logging(config.gateway.log_format);
+    let telemetry = amr_gateway::init_telemetry("amr-bridge", config.gateway.log_format);
     let result = if embedded {
         amr_bridge::run_embedded(config).await
     } else {
         amr_bridge::run_distributed(config).await
     };
-    match result {
+    let code = match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "amr-bridge failed");
             eprintln!("amr-bridge: {e}");
             std::process::ExitCode::FAILURE
         }
-    }
+    };
+    telemetry.shutdown().await;
+    code
 }

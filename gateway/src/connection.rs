@@ -39,6 +39,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
+use tracing::Instrument;
 
 pub type Ws = WebSocketStream<TcpStream>;
 
@@ -149,6 +150,8 @@ pub struct Connection {
     /// Set when a write to the client did not complete within `AMR_WRITE_TIMEOUT`: the client
     /// stopped reading, and the connection is dropped.
     write_stalled: bool,
+    /// The connection's span: its `deviceId`/`sessionId` fields are on every log line of it.
+    span: tracing::Span,
 }
 
 enum Flow {
@@ -181,6 +184,7 @@ impl Connection {
                 Instant::now(),
             ),
             write_stalled: false,
+            span: tracing::Span::none(),
             shared,
         }
     }
@@ -192,9 +196,27 @@ impl Connection {
 
     /// Runs the connection to its end, then reports a held session as disconnected.
     pub async fn run(mut self, mut ws: Ws, mut ctrl: mpsc::Receiver<Control>) {
-        let exit = self.read_loop(&mut ws, &mut ctrl).await;
-        self.finish(exit, &mut ctrl).await;
-        self.shared.registry.remove(&self.conn_id);
+        self.span = tracing::info_span!(
+            amr_telemetry::CONNECTION_SPAN,
+            conn = %self.conn_id,
+            deviceId = tracing::field::Empty,
+            sessionId = tracing::field::Empty,
+        );
+        let span = self.span.clone();
+        async move {
+            let exit = self.read_loop(&mut ws, &mut ctrl).await;
+            self.finish(exit, &mut ctrl).await;
+            self.shared.registry.remove(&self.conn_id);
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Puts the current session's id on the connection's log lines.
+    fn note_session(&self) {
+        if let Some(c) = &self.current {
+            self.span.record("sessionId", c.id.as_str());
+        }
     }
 
     async fn read_loop(&mut self, ws: &mut Ws, ctrl: &mut mpsc::Receiver<Control>) -> Exit {
@@ -209,6 +231,7 @@ impl Connection {
         let mut drain = self.shared.drain.clone();
         if *drain.borrow() {
             close(ws, CloseCode::Restart, "gateway draining").await;
+            crate::metrics::closed(crate::metrics::cause::DRAINED);
             return Exit::Drained;
         }
         let mut was_readable = true;
@@ -240,6 +263,7 @@ impl Connection {
                 biased;
                 Ok(()) = drain.changed() => {
                     close(ws, CloseCode::Restart, "gateway restarting").await;
+                    crate::metrics::closed(crate::metrics::cause::DRAINED);
                     return Exit::Drained;
                 }
                 Some(control) = ctrl.recv() => self.on_control(Some(ws), control).await,
@@ -251,11 +275,12 @@ impl Connection {
                     match frame {
                         Some(Ok(msg)) => {
                             if let Flow::Close = self.on_frame(ws, ctrl, msg).await {
+                                crate::metrics::closed(crate::metrics::cause::CLIENT_CLOSED);
                                 return Exit::Gone;
                             }
                         }
                         Some(Err(WsError::Capacity(CapacityError::MessageTooLong { size, max_size }))) => {
-                            metrics::counter!("amr_gateway_connections_closed_total", "cause" => "too_large").increment(1);
+                            crate::metrics::closed(crate::metrics::cause::TOO_LARGE);
                             let mut e = ErrorMessage::new(
                                 ErrorCode::MessageTooLarge,
                                 format!("message of {size} bytes exceeds the limit of {max_size} bytes"),
@@ -267,15 +292,19 @@ impl Connection {
                         }
                         Some(Err(e)) => {
                             tracing::debug!(conn = %self.conn_id, error = %e, "websocket error");
+                            crate::metrics::closed(crate::metrics::cause::SOCKET_ERROR);
                             return Exit::Gone;
                         }
-                        None => return Exit::Gone,
+                        None => {
+                            crate::metrics::closed(crate::metrics::cause::SOCKET_ERROR);
+                            return Exit::Gone;
+                        }
                     }
                 }
                 _ = ping.tick() => {
                     if self.last_seen.elapsed() > config.peer_timeout {
                         tracing::info!(conn = %self.conn_id, device = ?self.device, "peer silent; closing");
-                        metrics::counter!("amr_gateway_connections_closed_total", "cause" => "silent").increment(1);
+                        crate::metrics::closed(crate::metrics::cause::SILENT);
                         close(ws, CloseCode::Away, "peer timeout").await;
                         return Exit::Gone;
                     }
@@ -347,7 +376,41 @@ impl Connection {
                 return Flow::Continue;
             }
         };
-        self.count_in(msg.wire_type());
+        let kind = msg.wire_type();
+        self.count_in(kind);
+        // Control messages always get a span (and so a trace); sensor messages only when
+        // debug is on: the data path stays cheap.
+        let span = match &msg {
+            ClientMessage::Sensor(_) => tracing::debug_span!(
+                "client_message",
+                otel.name = kind,
+                r#type = kind,
+                traceId = tracing::field::Empty,
+            ),
+            _ => tracing::info_span!(
+                "client_message",
+                otel.name = kind,
+                r#type = kind,
+                deviceId = tracing::field::Empty,
+                traceId = tracing::field::Empty,
+            ),
+        };
+        if !span.is_disabled() {
+            if let Some(d) = msg.device_id().or(self.device.as_deref()) {
+                span.record("deviceId", d);
+            }
+            amr_telemetry::record_trace_id(&span);
+        }
+        self.on_message(ws, ctrl, msg, raw).instrument(span).await
+    }
+
+    async fn on_message(
+        &mut self,
+        ws: &mut Ws,
+        ctrl: &mut mpsc::Receiver<Control>,
+        msg: ClientMessage<'_>,
+        raw: Bytes,
+    ) {
         match msg {
             ClientMessage::Ping => {
                 let pong = ServerMessage::Pong(Pong {
@@ -437,11 +500,13 @@ impl Connection {
                     return Flow::Close;
                 }
                 self.device = Some(device_id.to_owned());
+                self.span.record("deviceId", device_id);
                 let session_aware = client_version.is_some_and(ids::is_session_aware_version);
                 if !session_aware {
                     // v1.0 clients expect a session per connection: a provisional id that
                     // only becomes a session when data arrives (no phantom sessions).
                     self.current = Some(Current::new(ids::new_session_id(), true));
+                    self.note_session();
                 }
                 tracing::debug!(conn = %self.conn_id, device = device_id, session_aware, "registered");
             }
@@ -580,6 +645,7 @@ impl Connection {
                     }
                 }
                 self.current = Some(Current::new(ok.session_id.clone(), false));
+                self.note_session();
                 tracing::info!(conn = %self.conn_id, device = %device, session = %ok.session_id, replaced = ?ok.replaced_session_id, "session started");
                 let created = ServerMessage::SessionCreated(SessionCreated {
                     session_id: ok.session_id,
@@ -742,7 +808,7 @@ impl Connection {
         match published {
             Ok(Published::Sent) => {
                 current.accepted += sensor.samples;
-                metrics::counter!("amr_gateway_sensor_samples_total").increment(sensor.samples);
+                crate::metrics::samples(sensor.samples);
             }
             Ok(Published::Pending(ack)) => {
                 // Counted once stored: a resend of a stored seq must not count twice.
@@ -752,9 +818,12 @@ impl Connection {
                     sensor.samples,
                     sensor.kind,
                 );
+                crate::metrics::publish_sent();
+                let sent = Instant::now();
                 self.inflight.push_back(
                     async move {
                         let result = ack.await;
+                        crate::metrics::publish_settled(sent.elapsed(), result.is_ok());
                         Outcome {
                             session_id,
                             seq,
@@ -860,6 +929,7 @@ impl Connection {
                 taken.stamped = taken.stamped.max(ok.data_count);
                 tracing::info!(conn = %self.conn_id, device, session = %ok.session_id, "session taken over by this connection");
                 self.current = Some(taken);
+                self.note_session();
                 Ok(())
             }
             Err(e) => {
@@ -1082,7 +1152,7 @@ impl Connection {
                             }
                         }
                     }
-                    metrics::counter!("amr_gateway_sensor_samples_total").increment(o.samples);
+                    crate::metrics::samples(o.samples);
                 }
                 if let Some(a) = self.ack.as_mut() {
                     a.record(o.seq, true, now);
@@ -1090,7 +1160,6 @@ impl Connection {
             }
             Err(e) => {
                 tracing::warn!(conn = %self.conn_id, session = %o.session_id, seq = o.seq, error = %e, "not stored; no ack");
-                metrics::counter!("amr_gateway_publish_failures_total").increment(1);
                 if let Some(a) = self.ack.as_mut() {
                     a.record(o.seq, false, now);
                 }
@@ -1237,7 +1306,7 @@ impl Connection {
     }
 
     async fn send_error(&mut self, ws: &mut Ws, e: ErrorMessage) {
-        metrics::counter!("amr_gateway_errors_total", "code" => e.error_code.as_str()).increment(1);
+        crate::metrics::error(e.error_code.as_str());
         self.send(ws, ServerMessage::Error(e)).await;
     }
 
@@ -1245,6 +1314,7 @@ impl Connection {
         if self.write_stalled {
             return;
         }
+        crate::metrics::message_out(&msg);
         // A failed write means the socket is gone; the read side notices and ends the loop.
         // A write that never completes (a client that stopped reading) is bounded: the
         // connection holds one message at most, whatever the client does.
@@ -1258,7 +1328,7 @@ impl Connection {
     }
 
     fn count_in(&self, kind: &'static str) {
-        metrics::counter!("amr_gateway_messages_in_total", "type" => kind).increment(1);
+        crate::metrics::message_in(kind);
     }
 }
 

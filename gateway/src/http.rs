@@ -6,19 +6,26 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::Router;
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use std::sync::Arc;
 use std::time::Duration;
 
 /// Installs the process-wide Prometheus recorder once; later calls (two components in one
-/// process) share it.
+/// process) share it. `_seconds` histograms are rendered as real histograms (buckets), not
+/// summaries, so they aggregate across replicas.
 pub fn install_metrics() -> Result<PrometheusHandle, crate::BoxError> {
     static HANDLE: std::sync::OnceLock<PrometheusHandle> = std::sync::OnceLock::new();
     if let Some(h) = HANDLE.get() {
         return Ok(h.clone());
     }
-    let handle = PrometheusBuilder::new().install_recorder()?;
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Suffix("_seconds".into()),
+            amr_telemetry::LATENCY_BUCKETS,
+        )?
+        .install_recorder()?;
     let handle = HANDLE.get_or_init(|| handle).clone();
+    crate::metrics::describe();
     let upkeep = handle.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(5));
@@ -64,6 +71,6 @@ async fn readyz(State(state): State<HttpState>) -> (StatusCode, &'static str) {
 }
 
 async fn render_metrics(State(state): State<HttpState>) -> String {
-    metrics::gauge!("amr_gateway_connections_registered").set(state.shared.registry.len() as f64);
+    metrics::gauge!(crate::metrics::CONNECTIONS_REGISTERED).set(state.shared.registry.len() as f64);
     state.metrics.render()
 }

@@ -18,6 +18,7 @@ pub mod forward;
 pub mod http;
 pub mod limits;
 pub mod listener;
+pub mod metrics;
 pub mod registry;
 pub mod session_client;
 pub mod streams;
@@ -105,7 +106,7 @@ pub async fn serve(
     backend: Backend,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), BoxError> {
-    let metrics = http::install_metrics()?;
+    let prometheus = http::install_metrics()?;
     let auth = auth::Authenticator::from_config(&config)?;
     let (drain_tx, drain_rx) = watch::channel(false);
     let shared = Arc::new(Shared {
@@ -126,7 +127,7 @@ pub async fn serve(
     tokio::spawn(http::serve(
         http_listener,
         shared.clone(),
-        metrics,
+        prometheus,
         backend.extra_routes,
     ));
     let ws_listener = tokio::net::TcpListener::bind(config.ws_listen).await?;
@@ -136,6 +137,7 @@ pub async fn serve(
     shutdown.await;
     tracing::info!("draining: refusing new connections, closing existing ones with 1012");
     shared.draining.store(true, Ordering::Relaxed);
+    ::metrics::gauge!(metrics::DRAINING).set(1.0);
     accept.abort();
     let _ = drain_tx.send(true);
     let deadline = tokio::time::Instant::now() + config.drain_timeout;
@@ -148,11 +150,15 @@ pub async fn serve(
 
 /// The NATS-backed parts of a gateway.
 pub async fn nats_backend(config: &Config) -> Result<(Backend, async_nats::Client), BoxError> {
+    // Before connecting: the connection-state gauge is set from the first NATS event on.
+    http::install_metrics()?;
     let name = gateway_id(config);
     let gateway_id = instance_id(&name, config);
     let subjects = Subjects::new(config.subject_prefix.clone());
     let registry = Arc::new(Registry::default());
     let nats = connect_nats(config, &gateway_id, registry.clone()).await?;
+    let up = nats.connection_state() == async_nats::connection::State::Connected;
+    ::metrics::gauge!(metrics::NATS_CONNECTED).set(if up { 1.0 } else { 0.0 });
     streams::ensure_sensor_stream(&nats, config, &subjects).await;
     tokio::spawn({
         let (nats, subjects, gateway_id, registry) = (
@@ -236,7 +242,7 @@ async fn heartbeats(
                     tracing::warn!(gateway = %gateway_id, error = %e.message, "heartbeat failed");
                 }
                 failing = true;
-                metrics::counter!("amr_gateway_heartbeat_failures_total").increment(1);
+                ::metrics::counter!(metrics::HEARTBEAT_FAILURES).increment(1);
             }
         }
     }
@@ -259,7 +265,7 @@ async fn connect_nats(
             async move {
                 match event {
                     async_nats::Event::Connected => {
-                        metrics::gauge!("amr_gateway_nats_connected").set(1.0);
+                        ::metrics::gauge!(metrics::NATS_CONNECTED).set(1.0);
                         if was_disconnected.swap(false, Ordering::Relaxed) {
                             // Sessions may have ended `gateway_lost` while no heartbeat could
                             // get through, and pushed ends were lost: check them again.
@@ -274,7 +280,7 @@ async fn connect_nats(
                     }
                     async_nats::Event::Disconnected => {
                         was_disconnected.store(true, Ordering::Relaxed);
-                        metrics::gauge!("amr_gateway_nats_connected").set(0.0);
+                        ::metrics::gauge!(metrics::NATS_CONNECTED).set(0.0);
                         tracing::warn!("NATS disconnected");
                     }
                     other => tracing::info!(event = %other, "NATS event"),
@@ -306,14 +312,16 @@ pub async fn shutdown_signal() {
     }
 }
 
-/// Initialises logging: human-readable by default, JSON lines with `AMR_LOG_FORMAT=json`,
-/// level by `RUST_LOG` (default `info`).
-pub fn init_logging(format: config::LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    match format {
-        config::LogFormat::Json => builder.json().init(),
-        config::LogFormat::Text => builder.init(),
-    }
+/// Initialises logging and tracing (see `amr_telemetry::init`): human-readable by default,
+/// JSON lines with `AMR_LOG_FORMAT=json`, level by `RUST_LOG` (default `info`), OTLP export
+/// when `OTEL_EXPORTER_OTLP_ENDPOINT` is set. Keep the result and shut it down at exit.
+pub fn init_telemetry(
+    default_service: &str,
+    format: config::LogFormat,
+) -> amr_telemetry::Telemetry {
+    let format = match format {
+        config::LogFormat::Json => amr_telemetry::Format::Json,
+        config::LogFormat::Text => amr_telemetry::Format::Text,
+    };
+    amr_telemetry::init(default_service, format)
 }

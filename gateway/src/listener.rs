@@ -86,10 +86,11 @@ async fn serve_socket(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>, 
         Ok(Ok(ws)) => ws,
         Ok(Err(e)) => {
             tracing::debug!(error = %e, "websocket upgrade failed");
+            crate::metrics::closed(crate::metrics::cause::HANDSHAKE_FAILED);
             return;
         }
         Err(_) => {
-            metrics::counter!("amr_gateway_connections_closed_total", "cause" => "handshake_timeout").increment(1);
+            crate::metrics::closed(crate::metrics::cause::HANDSHAKE_TIMEOUT);
             return;
         }
     };
@@ -98,15 +99,16 @@ async fn serve_socket(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>, 
         return;
     };
     if shared.is_draining() {
+        crate::metrics::closed(crate::metrics::cause::DRAINED);
         return;
     }
     let (tx, rx) = mpsc::channel(CONTROL_QUEUE);
     shared.registry.insert(&conn_id, tx);
-    metrics::gauge!("amr_gateway_connections").increment(1.0);
-    metrics::counter!("amr_gateway_connections_opened_total").increment(1);
+    metrics::gauge!(crate::metrics::CONNECTIONS).increment(1.0);
+    metrics::counter!(crate::metrics::CONNECTIONS_OPENED).increment(1);
     Connection::new(shared.clone(), conn_id)
         .with_upgrade_token(token)
         .run(ws, rx)
         .await;
-    metrics::gauge!("amr_gateway_connections").decrement(1.0);
+    metrics::gauge!(crate::metrics::CONNECTIONS).decrement(1.0);
 }

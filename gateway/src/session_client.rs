@@ -4,6 +4,9 @@
 //! Every operation is idempotent on the service side (starts carry a requestId, counts are
 //! cumulative), so a request that got no answer is simply sent again until the request timeout
 //! runs out; then the caller answers `SERVICE_UNAVAILABLE`. Nothing here ever waits unbounded.
+//!
+//! Each operation is a `session_op` span whose W3C trace context travels in the request's
+//! `traceparent` header: the session service parents its own span on it.
 
 use crate::backend::{ServiceResult, SessionApi};
 use amr_proto::internal::{
@@ -19,6 +22,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::time::Duration;
 use tokio::time::Instant;
+use tracing::Instrument;
 
 /// Pause between attempts when no service replica answered at all.
 const NO_RESPONDERS_BACKOFF: Duration = Duration::from_millis(50);
@@ -41,9 +45,41 @@ impl SessionClient {
 
     async fn call<Req: Serialize, Resp: DeserializeOwned>(
         &self,
-        op: &str,
+        op: &'static str,
         req: &Req,
     ) -> Result<Resp, ServiceError> {
+        // Heartbeats are periodic: a trace each would drown the useful ones (debug only).
+        let span = if op == ops::HEARTBEAT {
+            tracing::debug_span!(
+                "session_op",
+                otel.name = op,
+                otel.kind = "client",
+                op,
+                result = tracing::field::Empty,
+                traceId = tracing::field::Empty,
+            )
+        } else {
+            tracing::info_span!(
+                "session_op",
+                otel.name = op,
+                otel.kind = "client",
+                op,
+                result = tracing::field::Empty,
+                traceId = tracing::field::Empty,
+            )
+        };
+        amr_telemetry::record_trace_id(&span);
+        self.call_in(op, req, &span).instrument(span.clone()).await
+    }
+
+    async fn call_in<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        op: &'static str,
+        req: &Req,
+        span: &tracing::Span,
+    ) -> Result<Resp, ServiceError> {
+        let mut headers = async_nats::HeaderMap::new();
+        amr_telemetry::inject(span, &mut headers);
         let payload = serde_json::to_vec(req).map_err(|e| {
             ServiceError::new(
                 ErrorCode::InternalError,
@@ -62,6 +98,7 @@ impl SessionClient {
                 break Err(unavailable(op, "no answer within the request timeout"));
             }
             let request = async_nats::Request::new()
+                .headers(headers.clone())
                 .payload(payload.clone().into())
                 .timeout(Some(attempt_timeout.min(remaining)));
             match self.nats.send_request(subject.clone(), request).await {
@@ -98,10 +135,8 @@ impl SessionClient {
             Err(e) if e.code == ErrorCode::ServiceUnavailable => "unavailable",
             Err(_) => "error",
         };
-        metrics::histogram!("amr_gateway_session_op_duration_seconds", "op" => op.to_owned())
-            .record(started.elapsed().as_secs_f64());
-        metrics::counter!("amr_gateway_session_ops_total", "op" => op.to_owned(), "result" => outcome)
-            .increment(1);
+        span.record("result", outcome);
+        crate::metrics::session_op(op, outcome, started.elapsed());
         result
     }
 }

@@ -258,11 +258,11 @@ impl<S: SessionStore> Engine<S> {
         for effect in effects {
             match effect {
                 Effect::Created(e) => {
-                    metrics::counter!("amr_sessions_started_total").increment(1);
+                    metrics::counter!(crate::metrics::SESSIONS_STARTED).increment(1);
                     self.events.created(e).await;
                 }
                 Effect::Ended(e) => {
-                    metrics::counter!("amr_sessions_ended_total", "reason" => e.reason.as_str())
+                    metrics::counter!(crate::metrics::SESSIONS_ENDED, "reason" => e.reason.as_str())
                         .increment(1);
                     self.events.ended(e).await;
                 }

@@ -31,7 +31,7 @@ pub fn router<S: SessionStore>(state: AppState<S>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz::<S>))
-        .route("/metrics", get(metrics::<S>))
+        .route("/metrics", get(render_metrics::<S>))
         .with_state(state.clone())
         .merge(api_routes(state.store))
 }
@@ -59,7 +59,15 @@ async fn readyz<S: SessionStore>(State(st): State<AppState<S>>) -> Response {
     (StatusCode::OK, "ready").into_response()
 }
 
-async fn metrics<S: SessionStore>(State(st): State<AppState<S>>) -> String {
+async fn render_metrics<S: SessionStore>(State(st): State<AppState<S>>) -> String {
+    use crate::metrics as m;
+    let nats_up = st.nats.connection_state() == async_nats::connection::State::Connected;
+    metrics::gauge!(m::NATS_CONNECTED).set(if nats_up { 1.0 } else { 0.0 });
+    let redis_up = st.store.ping().await;
+    metrics::gauge!(m::REDIS_CONNECTED).set(if redis_up { 1.0 } else { 0.0 });
+    if let Some(n) = st.store.active_count().await {
+        metrics::gauge!(m::SESSIONS_ACTIVE).set(n as f64);
+    }
     st.metrics.render()
 }
 

@@ -24,6 +24,7 @@ pub mod events;
 pub mod http;
 pub mod machine;
 pub mod memory_store;
+pub mod metrics;
 pub mod owners;
 pub mod redis_store;
 pub mod service;
@@ -37,7 +38,7 @@ use crate::owners::Owners;
 use crate::redis_store::RedisStore;
 use amr_proto::keys::Keys;
 use amr_proto::subjects::Subjects;
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -47,14 +48,14 @@ use tracing::{error, info, warn};
 /// Pause between connection attempts at start-up.
 const RETRY_PAUSE: Duration = Duration::from_secs(1);
 
-pub fn init_tracing(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    match format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
-    }
+/// Initialises logging and tracing (see `amr_telemetry::init`); keep the result and shut it
+/// down at exit so buffered spans are exported.
+pub fn init_telemetry(format: LogFormat) -> amr_telemetry::Telemetry {
+    let format = match format {
+        LogFormat::Json => amr_telemetry::Format::Json,
+        LogFormat::Text => amr_telemetry::Format::Text,
+    };
+    amr_telemetry::init("amr-session-service", format)
 }
 
 /// Resolves on SIGTERM or SIGINT.
@@ -132,7 +133,11 @@ async fn connect_redis(config: &Config, keys: &Keys) -> RedisStore {
 /// requests and finish the in-flight ones.
 pub async fn run(config: Config) -> Result<(), String> {
     let metrics = PrometheusBuilder::new()
-        .install_recorder()
+        .set_buckets_for_metric(
+            Matcher::Suffix("_seconds".into()),
+            amr_telemetry::LATENCY_BUCKETS,
+        )
+        .and_then(|b| b.install_recorder())
         .map_err(|e| format!("metrics recorder: {e}"))?;
     serve(config, metrics, shutdown_signal()).await
 }
@@ -144,6 +149,7 @@ pub async fn serve(
     metrics: PrometheusHandle,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), String> {
+    crate::metrics::describe();
     let (draining_tx, draining) = watch::channel(false);
     let signal = shutdown;
     tokio::pin!(signal);
@@ -225,6 +231,7 @@ pub async fn serve(
     signal.await;
     info!("shutting down: no new requests");
     let _ = draining_tx.send(true);
+    ::metrics::gauge!(crate::metrics::DRAINING).set(1.0);
     handle.shutdown(config.request_timeout * 2).await;
     let _ = sweeper.await;
     upkeep.abort();

@@ -5,12 +5,14 @@ use clap::Parser;
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let config = amr_session_service::config::Config::parse();
-    amr_session_service::init_tracing(config.log_format);
-    match amr_session_service::run(config).await {
+    let telemetry = amr_session_service::init_telemetry(config.log_format);
+    let code = match amr_session_service::run(config).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e}");
             std::process::ExitCode::FAILURE
         }
-    }
+    };
+    telemetry.shutdown().await;
+    code
 }

@@ -489,7 +489,10 @@ pub(crate) fn parse_cursor(cursor: &str) -> Option<(i64, String)> {
     ids::is_valid_session_id(member).then(|| (score, member.to_string()))
 }
 
+// Request-path calls get a child span of the request's `session_op` span; the sweeper's
+// periodic calls do not (a trace per tick would drown the useful ones).
 impl SessionStore for RedisStore {
+    #[tracing::instrument(name = "redis.snapshot", skip_all, fields(otel.kind = "client", db.system = "redis"))]
     async fn snapshot(&self, query: &SnapshotQuery) -> Result<Snapshot, StoreError> {
         let active_key = query
             .device_id
@@ -523,6 +526,7 @@ impl SessionStore for RedisStore {
         })
     }
 
+    #[tracing::instrument(name = "redis.commit", skip_all, fields(otel.kind = "client", db.system = "redis"))]
     async fn commit(&self, plan: &Plan) -> Result<CommitOutcome, StoreError> {
         let body = self.plan_json(plan, amr_proto::now_ms()).to_string();
         let mut conn = self.conn.clone();
@@ -536,6 +540,7 @@ impl SessionStore for RedisStore {
         })
     }
 
+    #[tracing::instrument(name = "redis.activity", skip_all, fields(otel.kind = "client", db.system = "redis"))]
     async fn activity(&self, req: &ActivityRequest, now: i64) -> Result<Vec<String>, StoreError> {
         // Ids that cannot name a session never become keys: they are simply inactive.
         let (valid, mut inactive): (Vec<_>, Vec<_>) = req
@@ -595,6 +600,7 @@ impl SessionStore for RedisStore {
         Ok(claimed == 1)
     }
 
+    #[tracing::instrument(name = "redis.heartbeat", level = "debug", skip_all, fields(otel.kind = "client", db.system = "redis"))]
     async fn heartbeat(&self, gateway_id: &str, now: i64) -> Result<(), StoreError> {
         let mut conn = self.conn.clone();
         let mut cmd = redis::cmd("ZADD");
@@ -768,6 +774,18 @@ impl SessionStore for RedisStore {
             sessions: found.into_iter().map(|(_, s)| s.record()).collect(),
             next_cursor,
         })
+    }
+
+    async fn active_count(&self) -> Option<u64> {
+        let mut conn = self.conn.clone();
+        // Every active session has exactly one deadline entry.
+        self.bounded(
+            redis::cmd("ZCARD")
+                .arg(self.keys.deadlines())
+                .query_async(&mut conn),
+        )
+        .await
+        .ok()
     }
 
     async fn ping(&self) -> bool {

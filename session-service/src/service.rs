@@ -1,5 +1,8 @@
 //! The NATS Services API face of the engine: one endpoint per `subjects::ops` name, in the
 //! queue group of the service, JSON requests of `amr_proto::internal`, `Reply<T>` answers.
+//!
+//! Each request runs in a `session_op` span parented on the gateway's `traceparent` header,
+//! so one trace goes from the client's message through the gateway to Redis and back.
 
 use crate::engine::Engine;
 use crate::store::SessionStore;
@@ -18,7 +21,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
-use tracing::{debug, info, warn};
+use tracing::field::Empty;
+use tracing::{debug, info, warn, Instrument, Span};
 
 /// Requests handled at once by one replica; more wait in the subscription.
 pub const MAX_IN_FLIGHT: usize = 512;
@@ -63,13 +67,44 @@ pub async fn start<S: SessionStore>(
                     break;
                 };
                 let engine = engine.clone();
-                tokio::spawn(async move {
-                    let reply = answer(engine, op, request.message.payload.clone(), timeout).await;
-                    if let Err(e) = request.respond(Ok(reply)).await {
-                        warn!(op, error = %e, "could not send reply");
+                // Heartbeats are periodic: a trace each would drown the useful ones.
+                let span = if op == ops::HEARTBEAT {
+                    tracing::debug_span!(
+                        "session_op",
+                        otel.name = op,
+                        otel.kind = "server",
+                        op,
+                        result = Empty,
+                        traceId = Empty,
+                    )
+                } else {
+                    tracing::info_span!(
+                        "session_op",
+                        otel.name = op,
+                        otel.kind = "server",
+                        op,
+                        result = Empty,
+                        deviceId = Empty,
+                        sessionId = Empty,
+                        traceId = Empty,
+                    )
+                };
+                amr_telemetry::set_parent_from(&span, request.message.headers.as_ref());
+                amr_telemetry::record_trace_id(&span);
+                tokio::spawn(
+                    async move {
+                        let in_flight = metrics::gauge!(crate::metrics::REQUESTS_IN_FLIGHT);
+                        in_flight.increment(1.0);
+                        let reply =
+                            answer(engine, op, request.message.payload.clone(), timeout).await;
+                        if let Err(e) = request.respond(Ok(reply)).await {
+                            warn!(op, error = %e, "could not send reply");
+                        }
+                        in_flight.decrement(1.0);
+                        drop(permit);
                     }
-                    drop(permit);
-                });
+                    .instrument(span),
+                );
             }
             debug!(op, "endpoint stopped");
         });
@@ -109,7 +144,7 @@ async fn answer<S: SessionStore>(
     timeout: Duration,
 ) -> Bytes {
     let began = Instant::now();
-    let work = tokio::spawn(async move { dispatch(&engine, op, &payload).await });
+    let work = tokio::spawn(async move { dispatch(&engine, op, &payload).await }.in_current_span());
     let (reply, result) = match tokio::time::timeout(timeout, work).await {
         Ok(Ok(done)) => done,
         Ok(Err(e)) => {
@@ -124,9 +159,14 @@ async fn answer<S: SessionStore>(
             "the session service did not finish in time",
         )),
     };
-    metrics::counter!("amr_session_ops_total", "op" => op, "result" => result).increment(1);
-    metrics::histogram!("amr_session_op_duration_seconds", "op" => op)
-        .record(began.elapsed().as_secs_f64());
+    Span::current().record("result", result);
+    let elapsed = began.elapsed();
+    crate::metrics::op(op, result, elapsed);
+    debug!(
+        result,
+        elapsed_us = elapsed.as_micros() as u64,
+        "request answered"
+    );
     reply
 }
 
@@ -137,23 +177,42 @@ async fn dispatch<S: SessionStore>(
 ) -> (Bytes, &'static str) {
     match op {
         ops::START => match parse::<StartRequest>(payload) {
-            Ok(r) => encode(engine.start(&r).await),
+            Ok(r) => {
+                note(&r.device_id, None);
+                let started = engine.start(&r).await;
+                if let Ok(ok) = &started {
+                    Span::current().record("sessionId", ok.session_id.as_str());
+                }
+                encode(started)
+            }
             Err(e) => error_reply(e),
         },
         ops::END => match parse::<EndRequest>(payload) {
-            Ok(r) => encode(engine.end(&r).await),
+            Ok(r) => {
+                note(&r.device_id, r.session_id.as_deref());
+                encode(engine.end(&r).await)
+            }
             Err(e) => error_reply(e),
         },
         ops::CLAIM => match parse::<ClaimRequest>(payload) {
-            Ok(r) => encode(engine.claim(&r).await),
+            Ok(r) => {
+                note(&r.device_id, Some(&r.session_id));
+                encode(engine.claim(&r).await)
+            }
             Err(e) => error_reply(e),
         },
         ops::DISCONNECT => match parse::<DisconnectRequest>(payload) {
-            Ok(r) => encode(engine.disconnect(&r).await),
+            Ok(r) => {
+                note(&r.device_id, Some(&r.session_id));
+                encode(engine.disconnect(&r).await)
+            }
             Err(e) => error_reply(e),
         },
         ops::ACTIVITY => match parse::<ActivityRequest>(payload) {
-            Ok(r) => encode(engine.activity(&r).await),
+            Ok(r) => {
+                note(&r.device_id, None);
+                encode(engine.activity(&r).await)
+            }
             Err(e) => error_reply(e),
         },
         ops::HEARTBEAT => match parse::<HeartbeatRequest>(payload) {
@@ -164,6 +223,15 @@ async fn dispatch<S: SessionStore>(
             ErrorCode::UnknownType,
             "unknown operation",
         )),
+    }
+}
+
+/// Puts the request's ids on its span (and so on its log lines).
+fn note(device_id: &str, session_id: Option<&str>) {
+    let span = Span::current();
+    span.record("deviceId", device_id);
+    if let Some(s) = session_id {
+        span.record("sessionId", s);
     }
 }
 

@@ -141,6 +141,11 @@ pub trait SessionStore: Clone + Send + Sync + 'static {
 
     /// True when the store answers.
     fn ping(&self) -> impl Future<Output = bool> + Send;
+
+    /// Sessions active now, when the store can count them in one cheap call (metrics).
+    fn active_count(&self) -> impl Future<Output = Option<u64>> + Send {
+        async { None }
+    }
 }
 
 #[cfg(test)]

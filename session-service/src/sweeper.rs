@@ -228,7 +228,7 @@ async fn sweep_gateway<S: SessionStore>(
         }
     }
     if ended > 0 {
-        metrics::counter!("amr_gateways_lost_total").increment(1);
+        metrics::counter!(crate::metrics::GATEWAYS_LOST).increment(1);
         info!(
             gateway_id,
             ended, "gateway lost: the sessions it held ended"

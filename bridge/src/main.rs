@@ -2,6 +2,9 @@ use amr_bridge::config::BridgeConfig;
 use clap::parser::ValueSource;
 use clap::{CommandFactory, FromArgMatches};
 
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let matches = BridgeConfig::command().get_matches();

@@ -410,7 +410,7 @@ impl Connection {
         ctrl: &mut mpsc::Receiver<Control>,
         msg: ClientMessage<'_>,
         raw: Bytes,
-    ) {
+    ) -> Flow {
         match msg {
             ClientMessage::Ping => {
                 let pong = ServerMessage::Pong(Pong {
@@ -775,13 +775,14 @@ impl Connection {
         }
         // After a failed publish, later seqs wait for the client's resend (see acks.rs).
         if let Some(seq) = sensor.seq {
-            let gated = self
-                .ack
-                .as_mut()
-                .filter(|a| a.session_id() == target)
-                .is_some_and(|a| !a.admit(seq));
+            let current_id = self.current.as_ref().map(|c| c.id.as_str());
+            let gated = match (self.ack.as_mut(), current_id) {
+                (Some(a), Some(id)) if a.session_id() == id => !a.admit(seq),
+                _ => false,
+            };
             if gated {
-                self.refuse(ws, ErrorCode::ServiceUnavailable, Some(target), ref_type)
+                let session_id = self.current.as_ref().map(|c| c.id.clone());
+                self.refuse(ws, ErrorCode::ServiceUnavailable, session_id, ref_type)
                     .await;
                 return;
             }

@@ -131,10 +131,22 @@ pub struct TraceIds {
 
 impl TraceIds {
     pub fn new() -> Self {
-        let id = uuid::Uuid::new_v4();
+        Self::continuing(None)
+    }
+
+    /// Continues `trace_id` (32 lowercase hex digits, e.g. the trace of the `session_start`
+    /// that created the session, so that its data joins that trace), or starts a new trace.
+    pub fn continuing(trace_id: Option<String>) -> Self {
+        let trace_id = trace_id
+            .filter(|t| {
+                t.len() == 32
+                    && t.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+                    && t.bytes().any(|b| b != b'0')
+            })
+            .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
         let span_seed = uuid::Uuid::new_v4().as_u64_pair().0 | 1;
         TraceIds {
-            trace_id: id.simple().to_string(),
+            trace_id,
             next_span: span_seed,
         }
     }

@@ -83,7 +83,8 @@ impl Current {
             stamped: 0,
             provisional,
             held: !provisional,
-            trace: TraceIds::new(),
+            // The data joins the trace of the message that made the session current.
+            trace: TraceIds::continuing(amr_telemetry::trace_id(&tracing::Span::current())),
             subject: None,
         }
     }
@@ -238,7 +239,7 @@ impl Connection {
         loop {
             if self.write_stalled {
                 tracing::info!(conn = %self.conn_id, device = ?self.device, "client stopped reading; dropping the connection");
-                metrics::counter!("amr_gateway_connections_closed_total", "cause" => "write_stalled").increment(1);
+                metrics::counter!(crate::metrics::CONNECTIONS_CLOSED, "cause" => crate::metrics::cause::WRITE_STALLED).increment(1);
                 return Exit::Gone;
             }
             self.coalesce_due.set(
@@ -256,7 +257,7 @@ impl Connection {
             let can_read = self.inflight.len() < config.max_inflight_per_conn;
             if !can_read && was_readable {
                 // Visible proof that backpressure, not buffering, handled a fast client.
-                metrics::counter!("amr_gateway_inflight_bound_reached_total").increment(1);
+                metrics::counter!(crate::metrics::INFLIGHT_BOUND_REACHED).increment(1);
             }
             was_readable = can_read;
             tokio::select! {
@@ -488,7 +489,7 @@ impl Connection {
             None => {
                 if let Err(why) = self.authenticate(device_id, token) {
                     tracing::info!(conn = %self.conn_id, device = device_id, reason = %why, "authentication failed");
-                    metrics::counter!("amr_gateway_connections_closed_total", "cause" => "unauthorized").increment(1);
+                    metrics::counter!(crate::metrics::CONNECTIONS_CLOSED, "cause" => crate::metrics::cause::UNAUTHORIZED).increment(1);
                     let mut e = ErrorMessage::new(
                         ErrorCode::Unauthorized,
                         "a valid token for this deviceId is required",
@@ -548,13 +549,13 @@ impl Connection {
         match decision {
             RateDecision::Allow => {}
             RateDecision::Refuse => {
-                metrics::counter!("amr_gateway_rate_limited_total").increment(1);
+                metrics::counter!(crate::metrics::RATE_LIMITED).increment(1);
                 self.refuse_with(ws, ErrorCode::RateLimited, None, None)
                     .await;
             }
             RateDecision::Close => {
                 tracing::info!(conn = %self.conn_id, device = ?self.device, "sustained rate abuse; closing");
-                metrics::counter!("amr_gateway_connections_closed_total", "cause" => "rate_limited").increment(1);
+                metrics::counter!(crate::metrics::CONNECTIONS_CLOSED, "cause" => crate::metrics::cause::RATE_LIMITED).increment(1);
                 self.flush_coalesced(ws).await;
                 let mut e = ErrorMessage::new(
                     ErrorCode::RateLimited,

@@ -140,7 +140,8 @@ impl TraceIds {
         let trace_id = trace_id
             .filter(|t| {
                 t.len() == 32
-                    && t.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+                    && t.bytes()
+                        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
                     && t.bytes().any(|b| b != b'0')
             })
             .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());

@@ -66,14 +66,14 @@ async fn serve_socket(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>, 
             .get(tokio_tungstenite::tungstenite::http::header::ORIGIN)
             .map(|v| v.to_str().unwrap_or("\u{fffd}"));
         if !shared.origins.allows(origin) {
-            metrics::counter!("amr_gateway_upgrades_refused_total", "cause" => "origin")
-                .increment(1);
+            metrics::counter!(crate::metrics::UPGRADES_REFUSED, "cause" => "origin").increment(1);
             return Err(refuse(StatusCode::FORBIDDEN, "origin not allowed"));
         }
         match shared.conn_limits.try_acquire(peer.ip()) {
             Ok(p) => permit = Some(p),
             Err(refusal) => {
-                metrics::counter!("amr_gateway_upgrades_refused_total", "cause" => refusal.as_str()).increment(1);
+                metrics::counter!(crate::metrics::UPGRADES_REFUSED, "cause" => refusal.as_str())
+                    .increment(1);
                 return Err(refuse(refusal.status(), "too many connections"));
             }
         }

@@ -42,6 +42,14 @@ pub const DRAINING: &str = "amr_gateway_draining";
 /// Heartbeats to the session service that failed (counter).
 pub const HEARTBEAT_FAILURES: &str = "amr_gateway_heartbeat_failures_total";
 
+/// WebSocket upgrades refused before any socket was created, by `cause` (`origin`,
+/// `gateway_full`, `too_many_from_ip`) (counter).
+pub const UPGRADES_REFUSED: &str = "amr_gateway_upgrades_refused_total";
+/// Client messages refused by the per-connection rate limit (counter).
+pub const RATE_LIMITED: &str = "amr_gateway_rate_limited_total";
+/// Times a connection reached its in-flight publish bound and stopped being read (counter).
+pub const INFLIGHT_BOUND_REACHED: &str = "amr_gateway_inflight_bound_reached_total";
+
 /// `cause` label values of [`CONNECTIONS_CLOSED`].
 pub mod cause {
     pub const CLIENT_CLOSED: &str = "client_closed";
@@ -51,6 +59,9 @@ pub mod cause {
     pub const DRAINED: &str = "drained";
     pub const HANDSHAKE_TIMEOUT: &str = "handshake_timeout";
     pub const HANDSHAKE_FAILED: &str = "handshake_failed";
+    pub const UNAUTHORIZED: &str = "unauthorized";
+    pub const RATE_LIMITED: &str = "rate_limited";
+    pub const WRITE_STALLED: &str = "write_stalled";
 }
 
 /// Declares every series with its help text, so `/metrics` lists them from the start.
@@ -91,6 +102,15 @@ pub fn describe() {
     describe_counter!(
         HEARTBEAT_FAILURES,
         "Failed heartbeats to the session service"
+    );
+    describe_counter!(
+        UPGRADES_REFUSED,
+        "WebSocket upgrades refused (Origin, connection limits), by cause"
+    );
+    describe_counter!(RATE_LIMITED, "Client messages refused by the rate limit");
+    describe_counter!(
+        INFLIGHT_BOUND_REACHED,
+        "Times a connection hit its in-flight bound (backpressure)"
     );
     // Present at 0 before the first event.
     metrics::gauge!(CONNECTIONS).set(0.0);

@@ -3,7 +3,8 @@
 # build; `--quick` about 3). Starts its own nats-server (JetStream) and redis-server on free
 # loopback ports in a temp dir, the release gateway and session service, the raw-limit server
 # and the Python baseline (in a venv under the temp dir), then runs amr-loadgen:
-#   (a) session start latency: 1,000 connected devices doing starts and ends (paced and max)
+#   (a) session start latency: 1,000 connected devices doing starts and ends (paced at about
+#       1,000 and 100 starts/s, and max), and one device back to back (the round-trip floor)
 #   (b) ingest through one gateway: 200-byte messages, fire-and-forget and with seq (acks)
 #   (c) 10,000 idle connections: RSS per connection
 #   (d) (a) and (b) against the Python baseline and the raw limit, with ratios
@@ -218,6 +219,12 @@ if want a; then
   run gw-sessions-paced "$A_PACED" --url "$GW_URL" --mode sessions -n "$SESSION_DEVICES" --pause 1s \
     --gateway-pid "$GW_PID" "${GW_WATCH[@]}"
   run gw-sessions-max "$A_MAX" --url "$GW_URL" --mode sessions -n "$SESSION_DEVICES" \
+    --gateway-pid "$GW_PID" "${GW_WATCH[@]}"
+  # The same devices at a tenth of the rate (about 100 starts/s): latency without queueing.
+  run gw-sessions-light "$A_PACED" --url "$GW_URL" --mode sessions -n "$SESSION_DEVICES" --pause 10s \
+    --gateway-pid "$GW_PID" "${GW_WATCH[@]}"
+  # One device, start and end back to back: the floor of the round trip through every hop.
+  run gw-sessions-serial "$A_MAX" --url "$GW_URL" --mode sessions -n 1 \
     --gateway-pid "$GW_PID" "${GW_WATCH[@]}"
   # The app's real loop: 5 s sessions of 10 Hz data with seq, 1 s between sessions.
   run gw-fleet "$A_PACED" --url "$GW_URL" --mode cycle -n "$SESSION_DEVICES" --rate 10 --session-secs 5 \

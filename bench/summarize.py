@@ -114,12 +114,16 @@ w("")
 w("## (a) Session start latency (1,000 connected devices doing session_start / session_end)")
 w("")
 w("`paced`: each device waits 1 s after session_ended before the next start (about 1,000 starts/s "
-  "offered). `max`: no pause (closed loop, saturation: latency includes queueing).")
+  "offered). `max`: no pause (closed loop, saturation: latency includes queueing). `light`: 10 s "
+  "pause. `one device`: a single connection doing start and end back to back, nothing else running: "
+  "the floor of the round trip through every hop.")
 w("")
 w("| server | load | sessions/s | start p50 | p90 | p99 | p99.9 | max (ms) | end p50 | end p99 (ms) | errors | server CPU % | stack CPU us/session | loadgen CPU % | other CPU % |")
 w("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 rows_a = [(f"{k}-sessions-{load}", label, load) for k, label in SERVERS for load in ("paced", "max")]
 rows_a.insert(2, ("gw-fleet", "amr-gateway stack", "fleet: 5 s sessions of 10 Hz data (seq), 1 s pause"))
+rows_a.insert(3, ("gw-sessions-light", "amr-gateway stack", "light: 10 s pause (about 100 starts/s)"))
+rows_a.insert(4, ("gw-sessions-serial", "amr-gateway stack", "one device, back to back"))
 for name, label, load in rows_a:
     r = runs.get(name)
     if r is None:

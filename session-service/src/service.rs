@@ -14,9 +14,10 @@ use amr_proto::subjects::{ops, Subjects, SERVICE_NAME};
 use amr_proto::ErrorCode;
 use async_nats::service::ServiceExt;
 use bytes::Bytes;
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{watch, Semaphore};
@@ -95,11 +96,7 @@ pub async fn start<S: SessionStore>(
                     async move {
                         let in_flight = metrics::gauge!(crate::metrics::REQUESTS_IN_FLIGHT);
                         in_flight.increment(1.0);
-                        let reply =
-                            answer(engine, op, request.message.payload.clone(), timeout).await;
-                        if let Err(e) = request.respond(Ok(reply)).await {
-                            warn!(op, error = %e, "could not send reply");
-                        }
+                        answer(&engine, op, request, timeout).await;
                         in_flight.decrement(1.0);
                         drop(permit);
                     }
@@ -134,31 +131,41 @@ impl ServiceHandle {
     }
 }
 
-/// Handles one request within `timeout`. The work runs in its own task: if the deadline
-/// passes, the caller gets SERVICE_UNAVAILABLE (and retries idempotently) while the work
-/// still completes, so a committed change always gets its events published.
+/// Handles one request and answers it within `timeout`. Past the deadline the caller gets
+/// SERVICE_UNAVAILABLE (and retries idempotently) while the work still runs to its end here,
+/// so a committed change always gets its events published. The work runs in this task (not a
+/// task of its own): one wake-up less per request on the session-start path.
 async fn answer<S: SessionStore>(
-    engine: Arc<Engine<S>>,
+    engine: &Engine<S>,
     op: &'static str,
-    payload: Bytes,
+    request: async_nats::service::Request,
     timeout: Duration,
-) -> Bytes {
+) {
     let began = Instant::now();
-    let work = tokio::spawn(async move { dispatch(&engine, op, &payload).await }.in_current_span());
-    let (reply, result) = match tokio::time::timeout(timeout, work).await {
-        Ok(Ok(done)) => done,
-        Ok(Err(e)) => {
-            warn!(op, error = %e, "request handler failed");
-            error_reply(ServiceError::new(
-                ErrorCode::InternalError,
-                "internal error",
-            ))
+    let payload = request.message.payload.clone();
+    let work = AssertUnwindSafe(dispatch(engine, op, &payload)).catch_unwind();
+    tokio::pin!(work);
+    let (answered, late) = match tokio::time::timeout(timeout, &mut work).await {
+        Ok(Ok(done)) => (done, false),
+        Ok(Err(_panic)) => {
+            warn!(op, "request handler panicked");
+            (
+                error_reply(ServiceError::new(
+                    ErrorCode::InternalError,
+                    "internal error",
+                )),
+                false,
+            )
         }
-        Err(_) => error_reply(ServiceError::new(
-            ErrorCode::ServiceUnavailable,
-            "the session service did not finish in time",
-        )),
+        Err(_) => (
+            error_reply(ServiceError::new(
+                ErrorCode::ServiceUnavailable,
+                "the session service did not finish in time",
+            )),
+            true,
+        ),
     };
+    let (reply, result) = answered;
     Span::current().record("result", result);
     let elapsed = began.elapsed();
     crate::metrics::op(op, result, elapsed);
@@ -167,7 +174,15 @@ async fn answer<S: SessionStore>(
         elapsed_us = elapsed.as_micros() as u64,
         "request answered"
     );
-    reply
+    if let Err(e) = request.respond(Ok(reply)).await {
+        warn!(op, error = %e, "could not send reply");
+    }
+    if late {
+        // Whatever it decided is already committed or not; only its effects remain to run.
+        if work.await.is_err() {
+            warn!(op, "request handler panicked after its deadline");
+        }
+    }
 }
 
 async fn dispatch<S: SessionStore>(

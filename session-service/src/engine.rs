@@ -94,10 +94,47 @@ impl<S: SessionStore> Engine<S> {
             ]),
         };
         let fresh = ids::new_session_id();
+        if req.current.is_none() && req.adopt_session_id.is_none() {
+            if let Some(started) = self.start_on_clean_device(req, &fresh).await? {
+                return Ok(started);
+            }
+        }
         self.run(&query, |snap, revoked, now| {
             machine::start(&self.settings, snap, req, revoked, now, &fresh)
         })
         .await
+    }
+
+    /// The common start, START after STOP: the connection holds no session, and the device
+    /// most likely has no active session and no remembered answer for this request. Decide on
+    /// that guess (an empty snapshot) and let the commit's guards check it: right, the start
+    /// costs one store round trip instead of two; wrong, nothing is written (`None`) and the
+    /// caller reads the device's real state and decides again.
+    async fn start_on_clean_device(
+        &self,
+        req: &StartRequest,
+        fresh: &str,
+    ) -> Result<Option<StartOk>, ServiceError> {
+        let guess = Snapshot::default();
+        let Decision::Commit { plan, reply } =
+            machine::start(&self.settings, &guess, req, &[], now_ms(), fresh)
+        else {
+            return Ok(None);
+        };
+        match self.store.commit(&plan).await.map_err(store_error)? {
+            CommitOutcome::Committed => {
+                metrics::counter!(crate::metrics::CLEAN_STARTS, "outcome" => "committed")
+                    .increment(1);
+                self.perform(&plan.effects).await;
+                Ok(Some(reply))
+            }
+            CommitOutcome::Conflict => {
+                metrics::counter!(crate::metrics::CLEAN_STARTS, "outcome" => "conflict")
+                    .increment(1);
+                debug!("the device has a session or a remembered request; reading its state");
+                Ok(None)
+            }
+        }
     }
 
     pub async fn end(&self, req: &EndRequest) -> Result<EndOk, ServiceError> {
@@ -271,3 +308,6 @@ impl<S: SessionStore> Engine<S> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

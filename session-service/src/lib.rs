@@ -13,7 +13,8 @@
 //! scripts, so replicas can come and go (and die) freely.
 //!
 //! Layout: [`machine`] (the pure state machine), [`store`] (its storage interface) and
-//! [`redis_store`], [`engine`] (runs decisions: snapshot, revoke, commit, effects),
+//! [`redis_store`], [`engine`] (runs decisions: snapshot, revoke, commit, effects; a start
+//! on a clean device commits on a guessed snapshot that the commit's guards check),
 //! [`owners`] (revoke/push to connections), [`events`] (lifecycle events), [`service`]
 //! (NATS endpoints), [`sweeper`] (deadlines, lost gateways), [`http`] (health, metrics,
 //! records), [`config`].
@@ -21,6 +22,8 @@
 pub mod config;
 pub mod engine;
 pub mod events;
+#[cfg(test)]
+mod fakes;
 pub mod http;
 pub mod machine;
 pub mod memory_store;

@@ -215,6 +215,12 @@ pub enum Guard {
     },
     /// The session's stored deadline is `<= now`.
     DeadlineDue { session_id: String, now: i64 },
+    /// The session remembered for `(deviceId, requestId)` is this one (`None`: none is).
+    Request {
+        device_id: String,
+        request_id: String,
+        session_id: Option<String>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -484,6 +490,12 @@ pub fn start(
     plan.guards.push(Guard::ActivePointer {
         device_id: req.device_id.clone(),
         session_id: snap.active.clone(),
+    });
+    // A retry must get the first answer: the request memory is still what was read.
+    plan.guards.push(Guard::Request {
+        device_id: req.device_id.clone(),
+        request_id: req.request_id.clone(),
+        session_id: snap.by_request.clone(),
     });
     plan.guards.push(Guard::Version {
         session_id: new_id.clone(),

@@ -230,6 +230,11 @@ impl State {
             } => self
                 .row(session_id, now)
                 .is_some_and(|s| s.deadline <= *due_at),
+            Guard::Request {
+                device_id,
+                request_id,
+                session_id,
+            } => self.request(device_id, request_id, now) == session_id.as_deref(),
         }
     }
 

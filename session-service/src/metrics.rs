@@ -14,6 +14,10 @@ pub const OPS: &str = "amr_session_ops_total";
 pub const OP_DURATION: &str = "amr_session_op_duration_seconds";
 /// Requests being handled by this replica (gauge).
 pub const REQUESTS_IN_FLIGHT: &str = "amr_session_requests_in_flight";
+/// Starts decided on the guess that the device had no session and no remembered request, by
+/// `outcome`: `committed` (one store round trip) or `conflict` (the guess was wrong; decided
+/// again on the real state) (counter).
+pub const CLEAN_STARTS: &str = "amr_session_clean_starts_total";
 /// Gateways declared lost (their sessions ended `gateway_lost`) (counter).
 pub const GATEWAYS_LOST: &str = "amr_gateways_lost_total";
 /// 1 while the NATS connection is up (gauge, at scrape).
@@ -36,6 +40,10 @@ pub fn describe() {
         "Time to answer a session request inside the service, by op"
     );
     describe_gauge!(REQUESTS_IN_FLIGHT, "Session requests being handled");
+    describe_counter!(
+        CLEAN_STARTS,
+        "Starts decided on the guess of a device without a session, by outcome"
+    );
     describe_counter!(GATEWAYS_LOST, "Gateways declared lost");
     describe_gauge!(NATS_CONNECTED, "1 while connected to NATS");
     describe_gauge!(REDIS_CONNECTED, "1 while Redis answers");

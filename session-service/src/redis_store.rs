@@ -17,8 +17,7 @@ use amr_proto::keys::{field, Keys};
 use amr_proto::{ids, EndReason};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::Script;
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
@@ -193,6 +192,78 @@ fn lua(src: &str) -> Script {
     Script::new(&s)
 }
 
+/// A plan as `COMMIT_LUA` reads it: `{guards: [..], ops: [..]}`, each entry tagged by `t`.
+/// Serialized straight from these types (no intermediate JSON tree: this is on every commit).
+#[derive(Serialize)]
+struct PlanBody {
+    guards: Vec<GuardOp>,
+    ops: Vec<Op>,
+}
+
+#[derive(Serialize)]
+#[serde(tag = "t", rename_all = "lowercase")]
+enum GuardOp {
+    /// The row's `$version` is `v` ('': the row does not exist).
+    Version { k: String, v: String },
+    /// The pointer key (active session, remembered request) holds `v` ('': it is absent).
+    Pointer { k: String, v: String },
+    /// The row's `$deadline` is at or before `now`.
+    Due { k: String, now: String },
+}
+
+#[derive(Serialize)]
+#[serde(tag = "t", rename_all = "lowercase")]
+enum Op {
+    Set {
+        k: String,
+        v: String,
+    },
+    Delif {
+        k: String,
+        v: String,
+    },
+    Setpx {
+        k: String,
+        v: String,
+        ms: String,
+    },
+    Zadd {
+        k: String,
+        s: String,
+        m: String,
+    },
+    Zrem {
+        k: String,
+        m: String,
+    },
+    /// Moves row `k` (member `m`) to the session set of gateway `g`: the set's key is
+    /// `p + gateway + s`; `z` is the gateway schedule, entered at `now`.
+    Gwidx {
+        k: String,
+        m: String,
+        g: String,
+        p: String,
+        s: String,
+        z: String,
+        now: String,
+    },
+    Hset {
+        k: String,
+        f: Vec<String>,
+    },
+    Hdel {
+        k: String,
+        f: Vec<&'static str>,
+    },
+    Pexpire {
+        k: String,
+        ms: String,
+    },
+    Persist {
+        k: String,
+    },
+}
+
 struct Scripts {
     snapshot: Script,
     commit: Script,
@@ -260,32 +331,37 @@ impl RedisStore {
 
     /// The concrete operations of a plan, as the commit script reads them; `now` is when a
     /// gateway first seen holding a session enters the gateway schedule.
-    fn plan_json(&self, plan: &Plan, now: i64) -> Value {
-        let guards: Vec<Value> = plan
+    fn plan_body(&self, plan: &Plan, now: i64) -> PlanBody {
+        let guards = plan
             .guards
             .iter()
             .map(|g| match g {
                 Guard::Version {
                     session_id,
                     version,
-                } => json!({
-                    "t": "version",
-                    "k": self.keys.session(session_id),
-                    "v": version.map(|v| v.to_string()).unwrap_or_default(),
-                }),
+                } => GuardOp::Version {
+                    k: self.keys.session(session_id),
+                    v: version.map(|v| v.to_string()).unwrap_or_default(),
+                },
                 Guard::ActivePointer {
                     device_id,
                     session_id,
-                } => json!({
-                    "t": "pointer",
-                    "k": self.keys.active(device_id),
-                    "v": session_id.clone().unwrap_or_default(),
-                }),
-                Guard::DeadlineDue { session_id, now } => json!({
-                    "t": "due",
-                    "k": self.keys.session(session_id),
-                    "now": now.to_string(),
-                }),
+                } => GuardOp::Pointer {
+                    k: self.keys.active(device_id),
+                    v: session_id.clone().unwrap_or_default(),
+                },
+                Guard::DeadlineDue { session_id, now } => GuardOp::Due {
+                    k: self.keys.session(session_id),
+                    now: now.to_string(),
+                },
+                Guard::Request {
+                    device_id,
+                    request_id,
+                    session_id,
+                } => GuardOp::Pointer {
+                    k: self.keys.request(device_id, request_id),
+                    v: session_id.clone().unwrap_or_default(),
+                },
             })
             .collect();
         let mut ops = Vec::new();
@@ -295,38 +371,44 @@ impl RedisStore {
                 Write::SetActive {
                     device_id,
                     session_id,
-                } => ops.push(json!({"t": "set", "k": self.keys.active(device_id), "v": session_id})),
+                } => ops.push(Op::Set {
+                    k: self.keys.active(device_id),
+                    v: session_id.clone(),
+                }),
                 Write::ClearActive {
                     device_id,
                     session_id,
-                } => ops.push(
-                    json!({"t": "delif", "k": self.keys.active(device_id), "v": session_id}),
-                ),
+                } => ops.push(Op::Delif {
+                    k: self.keys.active(device_id),
+                    v: session_id.clone(),
+                }),
                 Write::RememberRequest {
                     device_id,
                     request_id,
                     session_id,
-                } => ops.push(json!({
-                    "t": "setpx",
-                    "k": self.keys.request(device_id, request_id),
-                    "v": session_id,
-                    "ms": REQUEST_MEMORY_MS.to_string(),
-                })),
+                } => ops.push(Op::Setpx {
+                    k: self.keys.request(device_id, request_id),
+                    v: session_id.clone(),
+                    ms: REQUEST_MEMORY_MS.to_string(),
+                }),
                 Write::Schedule {
                     session_id,
                     deadline,
-                } => ops.push(json!({
-                    "t": "zadd", "k": self.keys.deadlines(), "s": deadline.to_string(), "m": session_id,
-                })),
-                Write::Unschedule { session_id } => ops.push(
-                    json!({"t": "zrem", "k": self.keys.deadlines(), "m": session_id}),
-                ),
+                } => ops.push(Op::Zadd {
+                    k: self.keys.deadlines(),
+                    s: deadline.to_string(),
+                    m: session_id.clone(),
+                }),
+                Write::Unschedule { session_id } => ops.push(Op::Zrem {
+                    k: self.keys.deadlines(),
+                    m: session_id.clone(),
+                }),
             }
         }
-        json!({ "guards": guards, "ops": ops })
+        PlanBody { guards, ops }
     }
 
-    fn put_ops(&self, s: &Session, now: i64, ops: &mut Vec<Value>) {
+    fn put_ops(&self, s: &Session, now: i64, ops: &mut Vec<Op>) {
         let key = self.keys.session(&s.session_id);
         let held_by = match &s.phase {
             Phase::Active { owner } if !owner.is_empty() => s.gateway.as_str(),
@@ -334,10 +416,15 @@ impl RedisStore {
         };
         let set_key = self.keys.gateway_sessions(GATEWAY_MARK);
         let (set_prefix, set_suffix) = set_key.split_once(GATEWAY_MARK).unwrap_or((&set_key, ""));
-        ops.push(json!({
-            "t": "gwidx", "k": key, "m": s.session_id, "g": held_by,
-            "p": set_prefix, "s": set_suffix, "z": self.keys.gateways(), "now": now.to_string(),
-        }));
+        ops.push(Op::Gwidx {
+            k: key.clone(),
+            m: s.session_id.clone(),
+            g: held_by.to_owned(),
+            p: set_prefix.to_owned(),
+            s: set_suffix.to_owned(),
+            z: self.keys.gateways(),
+            now: now.to_string(),
+        });
         let (state, owner, ended) = match &s.phase {
             Phase::Active { owner } => (SessionState::Active, owner.as_str(), None),
             Phase::Detached => (SessionState::Active, "", None),
@@ -376,25 +463,43 @@ impl RedisStore {
             ]),
             None => absent.extend([field::REASON, field::ENDED_AT]),
         }
-        ops.push(json!({"t": "hset", "k": key, "f": fields}));
+        ops.push(Op::Hset {
+            k: key.clone(),
+            f: fields,
+        });
         if !absent.is_empty() {
-            ops.push(json!({"t": "hdel", "k": key, "f": absent}));
+            ops.push(Op::Hdel {
+                k: key.clone(),
+                f: absent,
+            });
         }
         if ended.is_some() {
-            ops.push(json!({"t": "zrem", "k": self.keys.deadlines(), "m": s.session_id}));
-            ops.push(json!({"t": "pexpire", "k": key, "ms": self.retention_ms.to_string()}));
+            ops.push(Op::Zrem {
+                k: self.keys.deadlines(),
+                m: s.session_id.clone(),
+            });
+            ops.push(Op::Pexpire {
+                k: key,
+                ms: self.retention_ms.to_string(),
+            });
         } else {
-            ops.push(json!({
-                "t": "zadd", "k": self.keys.deadlines(), "s": s.deadline.to_string(), "m": s.session_id,
-            }));
-            ops.push(json!({"t": "persist", "k": key}));
+            ops.push(Op::Zadd {
+                k: self.keys.deadlines(),
+                s: s.deadline.to_string(),
+                m: s.session_id.clone(),
+            });
+            ops.push(Op::Persist { k: key });
         }
         let started = s.started_at.to_string();
         for index in [
             self.keys.all_sessions(),
             self.keys.device_sessions(&s.device_id),
         ] {
-            ops.push(json!({"t": "zadd", "k": index, "s": started, "m": s.session_id}));
+            ops.push(Op::Zadd {
+                k: index,
+                s: started.clone(),
+                m: s.session_id.clone(),
+            });
         }
     }
 
@@ -528,7 +633,8 @@ impl SessionStore for RedisStore {
 
     #[tracing::instrument(name = "redis.commit", skip_all, fields(otel.kind = "client", db.system = "redis"))]
     async fn commit(&self, plan: &Plan) -> Result<CommitOutcome, StoreError> {
-        let body = self.plan_json(plan, amr_proto::now_ms()).to_string();
+        let body = serde_json::to_string(&self.plan_body(plan, amr_proto::now_ms()))
+            .map_err(|e| StoreError::Corrupt(format!("cannot encode the plan: {e}")))?;
         let mut conn = self.conn.clone();
         let applied: i64 = self
             .bounded(self.scripts.commit.arg(body).invoke_async(&mut conn))

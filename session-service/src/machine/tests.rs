@@ -948,6 +948,16 @@ impl Model {
                     .rows
                     .get(session_id)
                     .is_some_and(|s| s.deadline <= *now),
+                Guard::Request {
+                    device_id,
+                    request_id,
+                    session_id,
+                } => {
+                    self.requests
+                        .get(&(device_id.clone(), request_id.clone()))
+                        .cloned()
+                        == *session_id
+                }
             };
             if !holds {
                 return false;

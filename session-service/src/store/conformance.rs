@@ -26,6 +26,7 @@ macro_rules! conformance_tests {
     ($make:path) => {
         $crate::store::conformance::conformance_tests!(@one $make, RETENTION, start_end_round_trip_with_guards);
         $crate::store::conformance::conformance_tests!(@one $make, RETENTION, guards_and_writes);
+        $crate::store::conformance::conformance_tests!(@one $make, RETENTION, request_guard_checks_the_remembered_answer);
         $crate::store::conformance::conformance_tests!(@one $make, RETENTION, snapshot_reads);
         $crate::store::conformance::conformance_tests!(@one $make, RETENTION, activity_keeps_maxima_and_refreshes_the_owners_deadline);
         $crate::store::conformance::conformance_tests!(@one $make, RETENTION, activity_in_grace_and_after_a_hand_over);
@@ -468,6 +469,46 @@ pub async fn guards_and_writes<S: SessionStore + Inspect>(s: &S) {
     let got = s.get(&b).await.unwrap().unwrap();
     assert_eq!(got.phase, Phase::Detached);
     assert_eq!(got.replaced_session_id, None);
+}
+
+/// `Guard::Request` holds while the request memory of `(deviceId, requestId)` names that
+/// session (`None`: it names none), whatever the active pointer says.
+pub async fn request_guard_checks_the_remembered_answer<S: SessionStore + Inspect>(s: &S) {
+    let a = ids::new_session_id();
+    let request = |request_id: &str, id: Option<&str>| Guard::Request {
+        device_id: "Q1".into(),
+        request_id: request_id.into(),
+        session_id: id.map(String::from),
+    };
+    assert_eq!(
+        commit(s, vec![request("q1", Some(&a))], vec![]).await,
+        CommitOutcome::Conflict,
+        "nothing remembered yet"
+    );
+    let remember = Write::RememberRequest {
+        device_id: "Q1".into(),
+        request_id: "q1".into(),
+        session_id: a.clone(),
+    };
+    assert_eq!(
+        commit(s, vec![request("q1", None)], vec![remember.clone()]).await,
+        CommitOutcome::Committed
+    );
+    assert_eq!(
+        commit(s, vec![request("q1", None)], vec![remember]).await,
+        CommitOutcome::Conflict,
+        "a remembered request refutes `None`, and nothing is written"
+    );
+    assert_eq!(
+        commit(s, vec![request("q1", Some(&a))], vec![]).await,
+        CommitOutcome::Committed
+    );
+    assert_eq!(
+        commit(s, vec![request("q2", None)], vec![]).await,
+        CommitOutcome::Committed,
+        "another request of the device is another key"
+    );
+    assert!(s.request_ttl("Q1", "q1").await.is_some());
 }
 
 pub async fn snapshot_reads<S: SessionStore + Inspect>(s: &S) {

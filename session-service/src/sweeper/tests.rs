@@ -2,69 +2,14 @@
 //! events faked: which sessions end, with which count, how often, and what stays.
 
 use super::*;
-use crate::events::Lifecycle;
-use crate::machine::{ConflictPolicy, RevokedCount, Settings};
+use crate::fakes::{FakeConnections, Recorded};
+use crate::machine::{ConflictPolicy, Settings};
 use crate::memory_store::MemoryStore;
-use crate::owners::Connections;
-use amr_proto::events::{SessionCreatedEvent, SessionEndedEvent, SessionState};
+use amr_proto::events::SessionState;
 use amr_proto::internal::{ActivityRequest, CountReport, HeartbeatRequest, StartRequest};
 use amr_proto::subjects::Subjects;
 use amr_proto::EndReason;
-use futures_util::future::BoxFuture;
-use futures_util::FutureExt;
-use std::collections::HashSet;
 use std::sync::Mutex;
-
-/// Connections of the gateways in `alive` answer revocations; the others are dead, and the
-/// sensor stream says `stream_total` for every session.
-struct FakeConnections {
-    subjects: Subjects,
-    alive: HashSet<String>,
-    stream_total: Option<u64>,
-    revoked: Mutex<Vec<String>>,
-    pushed: Mutex<Vec<String>>,
-}
-
-impl Connections for FakeConnections {
-    fn revoke<'a>(
-        &'a self,
-        _device_id: &'a str,
-        session_id: &'a str,
-        owner: &'a str,
-    ) -> BoxFuture<'a, RevokedCount> {
-        async move {
-            self.revoked.lock().unwrap().push(session_id.to_string());
-            let gateway = self.subjects.gateway_of(owner).unwrap_or_default();
-            if self.alive.contains(gateway) {
-                RevokedCount::Accepted(0)
-            } else {
-                RevokedCount::StreamTotal(self.stream_total)
-            }
-        }
-        .boxed()
-    }
-
-    fn push_ended<'a>(&'a self, owner: &'a str, _: &'a SessionEndedEvent) -> BoxFuture<'a, ()> {
-        self.pushed.lock().unwrap().push(owner.to_string());
-        async {}.boxed()
-    }
-}
-
-#[derive(Default)]
-struct Recorded {
-    ended: Mutex<Vec<SessionEndedEvent>>,
-}
-
-impl Lifecycle for Recorded {
-    fn created<'a>(&'a self, _: &'a SessionCreatedEvent) -> BoxFuture<'a, ()> {
-        async {}.boxed()
-    }
-
-    fn ended<'a>(&'a self, event: &'a SessionEndedEvent) -> BoxFuture<'a, ()> {
-        self.ended.lock().unwrap().push(event.clone());
-        async {}.boxed()
-    }
-}
 
 const LOST: LostGateways = LostGateways {
     after: Duration::from_millis(600),

@@ -4,7 +4,8 @@
 # loopback ports in a temp dir, the release gateway and session service, the raw-limit server
 # and the Python baseline (in a venv under the temp dir), then runs amr-loadgen:
 #   (a) session start latency: 1,000 connected devices doing starts and ends (paced at about
-#       1,000 and 100 starts/s, and max), and one device back to back (the round-trip floor)
+#       1,000 and 100 starts/s, and max), one device back to back (the round-trip floor), and
+#       the hops of that path by themselves (hop-latency: NATS request/reply, Redis PING)
 #   (b) ingest through one gateway: 200-byte messages, fire-and-forget and with seq (acks)
 #   (c) 10,000 idle connections: RSS per connection
 #   (d) (a) and (b) against the Python baseline and the raw limit, with ratios
@@ -40,9 +41,9 @@ want() { [[ ",$ONLY," == *",$1,"* ]]; }
 
 # Durations (seconds). A full run: about 6.5 minutes of benchmarks.
 if [ "$QUICK" = 1 ]; then
-  A_PACED=8; A_MAX=6; B_DUR=6; C_HOLD=5; BASE_A_PACED=6; BASE_A_MAX=5; BASE_B=5; WARM=1s
+  A_PACED=8; A_MAX=6; B_DUR=6; C_HOLD=5; BASE_A_PACED=6; BASE_A_MAX=5; BASE_B=5; WARM=1s; HOP_DUR=5
 else
-  A_PACED=30; A_MAX=20; B_DUR=20; C_HOLD=10; BASE_A_PACED=20; BASE_A_MAX=15; BASE_B=15; WARM=2s
+  A_PACED=30; A_MAX=20; B_DUR=20; C_HOLD=10; BASE_A_PACED=20; BASE_A_MAX=15; BASE_B=15; WARM=2s; HOP_DUR=15
 fi
 IDLE_CONNS=10000
 SESSION_DEVICES=1000
@@ -59,7 +60,7 @@ if [ "$BUILD" = 1 ]; then
   log "cargo build --release (amr-loadgen, amr-gateway, amr-session-service)"
   (cd "$ROOT" && timeout 1800 cargo build --release -p amr-loadgen -p amr-gateway -p amr-session-service)
 fi
-for b in amr-loadgen raw-limit amr-gateway amr-session-service; do
+for b in amr-loadgen raw-limit hop-latency amr-gateway amr-session-service; do
   [ -x "$BIN/$b" ] || die "$BIN/$b missing: build it (cargo build --release -p ...)"
 done
 
@@ -226,6 +227,16 @@ if want a; then
   # One device, start and end back to back: the floor of the round trip through every hop.
   run gw-sessions-serial "$A_MAX" --url "$GW_URL" --mode sessions -n 1 \
     --gateway-pid "$GW_PID" "${GW_WATCH[@]}"
+  # The parts of the session path by themselves, on the same servers: one NATS request/reply
+  # (gateway -> session service and back) and one Redis round trip, paced.
+  for rate in 100 1000; do
+    wait_quiet
+    log "hops-$rate"
+    timeout 120 "$BIN/hop-latency" --json --nats "nats://127.0.0.1:$NATS_PORT" \
+      --redis "redis://127.0.0.1:$REDIS_PORT" --rate "$rate" --duration "${HOP_DUR}s" \
+      >"$TMP/results/hops-$rate.json" 2>"$TMP/results/hops-$rate.log" || log "hops-$rate: hop-latency failed"
+    RUNS+=("hops-$rate")
+  done
   # The app's real loop: 5 s sessions of 10 Hz data with seq, 1 s between sessions.
   run gw-fleet "$A_PACED" --url "$GW_URL" --mode cycle -n "$SESSION_DEVICES" --rate 10 --session-secs 5 \
     --pause 1s --seq --gateway-pid "$GW_PID" "${GW_WATCH[@]}"

@@ -136,6 +136,21 @@ for name, label, load in rows_a:
       f"{num(get(r, 'loadgen', 'cpu_percent'))} | {num(get(r, 'machine', 'other_cpu_percent'))} |")
 w("")
 
+hops = [(n, runs.get(n)) for n in ("hops-100", "hops-1000") if runs.get(n)]
+if hops:
+    w("The hops of that path by themselves (`hop-latency`, paced, on the same nats-server and "
+      "redis-server): a session start crosses one NATS request/reply and one or two Redis round "
+      "trips, plus the WebSocket round trip (the raw limit's `paced` row).")
+    w("")
+    w("| hop | rate | p50 | p90 | p99 | p99.9 | max (ms) |")
+    w("|---|---:|---:|---:|---:|---:|---:|")
+    for name, r in hops:
+        for key, label in (("nats_request_reply_us", "NATS request/reply"), ("redis_ping_us", "Redis PING")):
+            h = r.get(key) or {}
+            w(f"| {label} | {num(r.get('rate_per_sec'))}/s | {ms(h.get('p50'))} | {ms(h.get('p90'))} | "
+              f"{ms(h.get('p99'))} | {ms(h.get('p999'))} | {ms(h.get('max'))} |")
+    w("")
+
 w("## (b) Ingest through one gateway (50 devices, 200-byte sensor_data, unlimited rate, pipelined)")
 w("")
 w("`msg/s`: sent in the measured window (TCP backpressure makes it the server's read rate; socket "

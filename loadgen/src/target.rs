@@ -29,22 +29,7 @@ impl Target {
             }
             None => return Err(format!("URL '{url}' has no scheme (ws://...)")),
         }
-        let host = uri
-            .host()
-            .ok_or_else(|| format!("URL '{url}' has no host"))?;
-        let host = host.trim_start_matches('[').trim_end_matches(']');
-        let ip: IpAddr = if host.eq_ignore_ascii_case("localhost") {
-            IpAddr::V4(Ipv4Addr::LOCALHOST)
-        } else {
-            host.parse().map_err(|_| {
-                format!("host '{host}' is not an IP address: only loopback addresses or 'localhost' are allowed")
-            })?
-        };
-        if !ip.is_loopback() {
-            return Err(format!(
-                "refusing target {ip}: only loopback addresses (127.0.0.0/8, ::1) may be targets"
-            ));
-        }
+        let ip = loopback_host(&uri, url)?;
         let port = uri.port_u16().unwrap_or(80);
         Ok(Target {
             url: url.to_owned(),
@@ -76,6 +61,35 @@ impl Target {
         stream.set_nodelay(true)?;
         Ok(stream)
     }
+}
+
+/// The host of `url` (any scheme: `ws://`, `nats://`, `redis://`), which must be a loopback
+/// address or `localhost`; nothing is resolved.
+pub fn require_loopback(url: &str) -> Result<IpAddr, String> {
+    let uri: Uri = url
+        .parse()
+        .map_err(|e| format!("invalid URL '{url}': {e}"))?;
+    loopback_host(&uri, url)
+}
+
+fn loopback_host(uri: &Uri, url: &str) -> Result<IpAddr, String> {
+    let host = uri
+        .host()
+        .ok_or_else(|| format!("URL '{url}' has no host"))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let ip: IpAddr = if host.eq_ignore_ascii_case("localhost") {
+        IpAddr::V4(Ipv4Addr::LOCALHOST)
+    } else {
+        host.parse().map_err(|_| {
+            format!("host '{host}' is not an IP address: only loopback addresses or 'localhost' are allowed")
+        })?
+    };
+    if !ip.is_loopback() {
+        return Err(format!(
+            "refusing target {ip}: only loopback addresses (127.0.0.0/8, ::1) may be targets"
+        ));
+    }
+    Ok(ip)
 }
 
 /// `IP_BIND_ADDRESS_NO_PORT`: with bind-before-connect, let the kernel pick the port at connect

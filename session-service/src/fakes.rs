@@ -1,15 +1,18 @@
 //! Test doubles of what the engine talks to besides the store: the gateways' connections and
 //! the lifecycle event stream (the store itself is always a real one).
 
+use crate::engine::Engine;
 use crate::events::Lifecycle;
-use crate::machine::RevokedCount;
+use crate::machine::{ConflictPolicy, RevokedCount, Settings};
+use crate::memory_store::MemoryStore;
 use crate::owners::Connections;
 use amr_proto::events::{SessionCreatedEvent, SessionEndedEvent};
 use amr_proto::subjects::Subjects;
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 use std::collections::HashSet;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 /// Connections of the gateways in `alive` answer revocations; the others are dead, and the
 /// sensor stream says `stream_total` for every session.
@@ -62,5 +65,40 @@ impl Lifecycle for Recorded {
     fn ended<'a>(&'a self, event: &'a SessionEndedEvent) -> BoxFuture<'a, ()> {
         self.ended.lock().unwrap().push(event.clone());
         async {}.boxed()
+    }
+}
+
+/// An engine on a fresh memory store (replace policy, one-hour idle timeout, no grace), with
+/// its faked connections and event stream.
+pub(crate) struct Setup {
+    pub engine: Arc<Engine<MemoryStore>>,
+    pub conns: Arc<FakeConnections>,
+    pub events: Arc<Recorded>,
+}
+
+/// See [`Setup`]; the gateways in `alive` answer revocations.
+pub(crate) fn setup(alive: &[&str], stream_total: Option<u64>) -> Setup {
+    let subjects = Subjects::default();
+    let conns = Arc::new(FakeConnections {
+        subjects: subjects.clone(),
+        alive: alive.iter().map(|g| g.to_string()).collect(),
+        stream_total,
+        revoked: Mutex::default(),
+        pushed: Mutex::default(),
+    });
+    let events = Arc::new(Recorded::default());
+    let settings = Settings {
+        policy: ConflictPolicy::Replace,
+        idle_timeout_ms: 3_600_000,
+        disconnect_grace_ms: 0,
+        drain_grace_ms: 0,
+        subjects,
+    };
+    let store = MemoryStore::new(Duration::from_secs(3600), Duration::from_secs(3600));
+    let engine = Arc::new(Engine::new(store, conns.clone(), events.clone(), settings));
+    Setup {
+        engine,
+        conns,
+        events,
     }
 }

@@ -2,39 +2,23 @@
 //! a session, and what happens when its guess is wrong.
 
 use super::*;
-use crate::fakes::{FakeConnections, Recorded};
-use crate::machine::ConflictPolicy;
+use crate::fakes::{setup, FakeConnections, Recorded};
 use crate::memory_store::MemoryStore;
 use crate::store::ListQuery;
 use amr_proto::events::SessionState;
 use amr_proto::internal::{CountReport, EndRequest, StartRequest};
 use amr_proto::subjects::Subjects;
 use amr_proto::EndReason;
-use std::sync::Mutex;
-use std::time::Duration;
 
 const GATEWAY: &str = "gw1";
 
-fn engine() -> (Engine<MemoryStore>, Arc<FakeConnections>, Arc<Recorded>) {
-    let subjects = Subjects::default();
-    let conns = Arc::new(FakeConnections {
-        subjects: subjects.clone(),
-        alive: [GATEWAY.to_string()].into(),
-        stream_total: None,
-        revoked: Mutex::default(),
-        pushed: Mutex::default(),
-    });
-    let events = Arc::new(Recorded::default());
-    let settings = Settings {
-        policy: ConflictPolicy::Replace,
-        idle_timeout_ms: 3_600_000,
-        disconnect_grace_ms: 0,
-        drain_grace_ms: 0,
-        subjects,
-    };
-    let store = MemoryStore::new(Duration::from_secs(3600), Duration::from_secs(3600));
-    let engine = Engine::new(store, conns.clone(), events.clone(), settings);
-    (engine, conns, events)
+fn engine() -> (
+    Arc<Engine<MemoryStore>>,
+    Arc<FakeConnections>,
+    Arc<Recorded>,
+) {
+    let s = setup(&[GATEWAY], None);
+    (s.engine, s.conns, s.events)
 }
 
 fn owner(connection: &str) -> String {

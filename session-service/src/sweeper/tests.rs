@@ -2,50 +2,16 @@
 //! events faked: which sessions end, with which count, how often, and what stays.
 
 use super::*;
-use crate::fakes::{FakeConnections, Recorded};
-use crate::machine::{ConflictPolicy, Settings};
+use crate::fakes::setup;
 use crate::memory_store::MemoryStore;
 use amr_proto::events::SessionState;
 use amr_proto::internal::{ActivityRequest, CountReport, HeartbeatRequest, StartRequest};
 use amr_proto::subjects::Subjects;
 use amr_proto::EndReason;
-use std::sync::Mutex;
 
 const LOST: LostGateways = LostGateways {
     after: Duration::from_millis(600),
 };
-
-struct Setup {
-    engine: Arc<Engine<MemoryStore>>,
-    conns: Arc<FakeConnections>,
-    events: Arc<Recorded>,
-}
-
-fn setup(alive: &[&str], stream_total: Option<u64>) -> Setup {
-    let subjects = Subjects::default();
-    let conns = Arc::new(FakeConnections {
-        subjects: subjects.clone(),
-        alive: alive.iter().map(|g| g.to_string()).collect(),
-        stream_total,
-        revoked: Mutex::default(),
-        pushed: Mutex::default(),
-    });
-    let events = Arc::new(Recorded::default());
-    let settings = Settings {
-        policy: ConflictPolicy::Replace,
-        idle_timeout_ms: 3_600_000,
-        disconnect_grace_ms: 0,
-        drain_grace_ms: 0,
-        subjects,
-    };
-    let store = MemoryStore::new(Duration::from_secs(3600), Duration::from_secs(3600));
-    let engine = Arc::new(Engine::new(store, conns.clone(), events.clone(), settings));
-    Setup {
-        engine,
-        conns,
-        events,
-    }
-}
 
 /// Starts a session of `device` held by connection c1 of `gateway`; its id.
 async fn start_on(engine: &Engine<MemoryStore>, device: &str, gateway: &str) -> String {

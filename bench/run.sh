@@ -41,9 +41,9 @@ want() { [[ ",$ONLY," == *",$1,"* ]]; }
 
 # Durations (seconds). A full run: about 6.5 minutes of benchmarks.
 if [ "$QUICK" = 1 ]; then
-  A_PACED=8; A_MAX=6; B_DUR=6; C_HOLD=5; BASE_A_PACED=6; BASE_A_MAX=5; BASE_B=5; WARM=1s; HOP_DUR=5
+  A_PACED=8; A_MAX=6; B_DUR=6; C_HOLD=5; BASE_A_PACED=6; BASE_A_MAX=5; BASE_B=5; WARM=1s; HOP_DUR=5; LIGHT_DUR=15
 else
-  A_PACED=30; A_MAX=20; B_DUR=20; C_HOLD=10; BASE_A_PACED=20; BASE_A_MAX=15; BASE_B=15; WARM=2s; HOP_DUR=15
+  A_PACED=30; A_MAX=20; B_DUR=20; C_HOLD=10; BASE_A_PACED=20; BASE_A_MAX=15; BASE_B=15; WARM=2s; HOP_DUR=15; LIGHT_DUR=30
 fi
 IDLE_CONNS=10000
 SESSION_DEVICES=1000
@@ -222,7 +222,8 @@ if want a; then
   run gw-sessions-max "$A_MAX" --url "$GW_URL" --mode sessions -n "$SESSION_DEVICES" \
     --gateway-pid "$GW_PID" "${GW_WATCH[@]}"
   # The same devices at a tenth of the rate (about 100 starts/s): latency without queueing.
-  run gw-sessions-light "$A_PACED" --url "$GW_URL" --mode sessions -n "$SESSION_DEVICES" --pause 10s \
+  # (At least one whole 10 s pause inside the window, even in a quick run.)
+  run gw-sessions-light "$LIGHT_DUR" --url "$GW_URL" --mode sessions -n "$SESSION_DEVICES" --pause 10s \
     --gateway-pid "$GW_PID" "${GW_WATCH[@]}"
   # One device, start and end back to back: the floor of the round trip through every hop.
   run gw-sessions-serial "$A_MAX" --url "$GW_URL" --mode sessions -n 1 \

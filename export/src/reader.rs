@@ -60,7 +60,8 @@ fn nats<E: std::fmt::Display>(what: &str) -> impl FnOnce(E) -> ExportError + '_ 
     move |e| ExportError::Nats(format!("{what}: {e}"))
 }
 
-fn header_map(h: Option<&async_nats::HeaderMap>) -> BTreeMap<String, String> {
+/// A stored message's headers as name -> value (the last value of a repeated header).
+pub fn header_map(h: Option<&async_nats::HeaderMap>) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
     if let Some(h) = h {
         for (k, vs) in h.iter() {

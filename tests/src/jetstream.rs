@@ -4,6 +4,7 @@
 
 use crate::wait::settle;
 use crate::WAIT_TIMEOUT;
+use amr_export::reader::header_map;
 use amr_proto::subjects::{self, Subjects};
 use futures_util::{StreamExt, TryStreamExt};
 use std::collections::BTreeMap;
@@ -39,18 +40,6 @@ impl StoredMessage {
         });
         v.get("seq").and_then(serde_json::Value::as_u64)
     }
-}
-
-fn header_map(h: Option<&async_nats::HeaderMap>) -> BTreeMap<String, String> {
-    let mut out = BTreeMap::new();
-    if let Some(h) = h {
-        for (k, vs) in h.iter() {
-            if let Some(v) = vs.last() {
-                out.insert(k.to_string(), v.as_str().to_owned());
-            }
-        }
-    }
-    out
 }
 
 /// Reads `AMR_SENSOR` back, as an analytics consumer would.

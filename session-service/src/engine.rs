@@ -85,6 +85,12 @@ impl<S: SessionStore> Engine<S> {
                 "requestId must be 1-128 characters of [A-Za-z0-9_.:-]",
             ));
         }
+        let fresh = ids::new_session_id();
+        if req.current.is_none() && req.adopt_session_id.is_none() {
+            if let Some(started) = self.start_on_clean_device(req, &fresh).await? {
+                return Ok(started);
+            }
+        }
         let query = SnapshotQuery {
             device_id: Some(req.device_id.clone()),
             request_id: Some(req.request_id.clone()),
@@ -93,12 +99,6 @@ impl<S: SessionStore> Engine<S> {
                 req.adopt_session_id.as_ref(),
             ]),
         };
-        let fresh = ids::new_session_id();
-        if req.current.is_none() && req.adopt_session_id.is_none() {
-            if let Some(started) = self.start_on_clean_device(req, &fresh).await? {
-                return Ok(started);
-            }
-        }
         self.run(&query, |snap, revoked, now| {
             machine::start(&self.settings, snap, req, revoked, now, &fresh)
         })
